@@ -1,0 +1,57 @@
+"""eoir: Encoder-Only Image Registration for 2D and 3D medical images.
+
+Field convention (see :mod:`eoir.spatial`): a displacement ``disp`` is ``(B, ndim, *spatial)``,
+in voxel units of the fixed grid, channel ``k`` along array axis ``k``, and pulls the moving image
+back: ``warped(p) = moving(p + disp(p))``.
+"""
+
+__version__ = "0.1.0"
+
+from eoir.losses import (
+    dice_loss,
+    gradient_loss,
+    mind_loss,
+    mse_loss,
+    multilevel_loss,
+    ncc_loss,
+    one_hot,
+)
+from eoir.metrics import dice_per_label, hd95, jacobian_stats, mean_dice, mean_hd95, tre
+from eoir.model import EOIR, EOIROutput
+from eoir.spatial import (
+    compose,
+    field_from_world,
+    field_to_world,
+    identity_grid,
+    integrate,
+    jacobian_determinant,
+    resize_field,
+    warp,
+)
+
+__all__ = [
+    "EOIR",
+    "EOIROutput",
+    "__version__",
+    "compose",
+    "dice_loss",
+    "dice_per_label",
+    "field_from_world",
+    "field_to_world",
+    "gradient_loss",
+    "hd95",
+    "identity_grid",
+    "integrate",
+    "jacobian_determinant",
+    "jacobian_stats",
+    "mean_dice",
+    "mean_hd95",
+    "mind_loss",
+    "mse_loss",
+    "multilevel_loss",
+    "ncc_loss",
+    "one_hot",
+    "resize_field",
+    "tre",
+    "warp",
+]

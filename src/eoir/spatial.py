@@ -1,0 +1,528 @@
+"""Spatial core: grids, warping, integration, composition, resizing, Jacobians, world frames.
+
+Every function here is size-free and works in 2D and 3D; nothing stores a grid in a module.
+
+Conventions (the one home of each; the rest of the package imports them from here):
+
+- Tensors are channel-first, ``(B, C, *spatial)``, spatial order = array order of the volume.
+- A displacement field ``disp`` has shape ``(B, ndim, *spatial)``, is in **voxel units of the
+  fixed grid**, channel ``k`` is the displacement along array axis ``k``, is defined on the fixed
+  grid, and pulls the moving image back: ``warped(p) = moving(p + disp(p))``.
+- An affine is the ``(ndim+1, ndim+1)`` voxel-index -> world (mm) matrix of an image, RAS as
+  nibabel gives it. ``frame="lps"`` gives ITK's LPS world (x and y negated).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "compose",
+    "crop_to_shape",
+    "field_from_world",
+    "field_to_world",
+    "identity_grid",
+    "integrate",
+    "jacobian_determinant",
+    "lps_affine",
+    "pad_to_multiple",
+    "resize_field",
+    "sample_at_points",
+    "voxel_to_world",
+    "warp",
+    "world_to_voxel",
+]
+
+_MODES = {"bilinear": "bilinear", "linear": "bilinear", "nearest": "nearest"}
+_PADDINGS = ("zeros", "border")
+
+
+@functools.lru_cache(maxsize=32)
+def _identity_grid_cached(
+    shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
+
+
+def identity_grid(
+    shape: Sequence[int],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Voxel coordinates of every grid point.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Spatial shape ``(*spatial)``, 2 or 3 entries.
+    device, dtype
+        Where and how the grid is made.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(1, ndim, *spatial)``; channel ``k`` holds the index along array axis ``k`` (voxels).
+        Cached per shape, device and dtype: treat it as read-only.
+    """
+    return _identity_grid_cached(tuple(int(n) for n in shape), torch.device(device or "cpu"), dtype)
+
+
+def _check_field(disp: torch.Tensor, spatial: Sequence[int] | None = None) -> int:
+    """Validate a ``(B, ndim, *spatial)`` field and return ``ndim``."""
+    if disp.dim() not in (4, 5):
+        raise ValueError(
+            f"a displacement field must be (B, ndim, *spatial) with 2 or 3 spatial axes, "
+            f"got shape {tuple(disp.shape)}"
+        )
+    ndim = disp.dim() - 2
+    if disp.shape[1] != ndim:
+        raise ValueError(
+            f"a {ndim}D displacement field needs {ndim} channels, got shape {tuple(disp.shape)}"
+        )
+    if spatial is not None and tuple(disp.shape[2:]) != tuple(spatial):
+        raise ValueError(
+            f"field grid {tuple(disp.shape[2:])} does not match image grid {tuple(spatial)}"
+        )
+    return ndim
+
+
+def _grid_sample_grid(positions: torch.Tensor, source_shape: Sequence[int]) -> torch.Tensor:
+    """Turn voxel positions ``(B, ndim, *grid)`` into grid_sample's normalised grid.
+
+    Uses ``align_corners=True`` (voxel 0 -> -1, voxel ``n-1`` -> +1 along each axis of the
+    sampled image) and returns ``(B, *grid, ndim)`` with the last axis reversed to (x, y[, z]).
+    """
+    ndim = positions.shape[1]
+    scale = torch.tensor(
+        [2.0 / max(n - 1, 1) for n in source_shape], device=positions.device, dtype=positions.dtype
+    ).view(1, ndim, *([1] * (positions.dim() - 2)))
+    return (positions * scale - 1.0).movedim(1, -1).flip(-1)
+
+
+def _resample(image: torch.Tensor, disp: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
+    """:func:`warp` without checks, for callers that validated their inputs (the hot loops)."""
+    positions = identity_grid(disp.shape[2:], disp.device, disp.dtype) + disp
+    grid = _grid_sample_grid(positions, image.shape[2:])
+    return F.grid_sample(image, grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
+
+
+def warp(
+    image: torch.Tensor,
+    disp: torch.Tensor,
+    mode: str = "bilinear",
+    padding: str = "zeros",
+) -> torch.Tensor:
+    """Pull ``image`` back through a displacement field: ``warped(p) = image(p + disp(p))``.
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        ``(B, C, *spatial)`` moving image, features or field, on the field's grid (resample a
+        moving image onto the fixed grid first).
+    disp : torch.Tensor
+        ``(B, ndim, *spatial)`` displacement in voxel units of the fixed grid (module docstring).
+        A batch of 1 is broadcast against the image's batch and vice versa.
+    mode : {"bilinear", "nearest"}
+        Linear (bi/trilinear) interpolation, or nearest neighbour for label maps.
+    padding : {"zeros", "border"}
+        Value outside the image: zero, or the nearest border voxel.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, C, *spatial)``, same dtype as ``image``. Differentiable in ``image`` and ``disp``.
+        An all-zero field returns (a copy of) the image exactly; otherwise sample positions carry
+        float rounding of about 1e-7 voxel per voxel of extent.
+    """
+    ndim = _check_field(disp)
+    if image.dim() != ndim + 2 or image.shape[2:] != disp.shape[2:]:
+        raise ValueError(
+            f"image {tuple(image.shape)} must be (B, C, *spatial) on the field's grid "
+            f"{tuple(disp.shape[2:])}"
+        )
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    if padding not in _PADDINGS:
+        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    if disp.shape[0] != image.shape[0]:
+        if disp.shape[0] == 1:
+            disp = disp.expand(image.shape[0], *disp.shape[1:])
+        elif image.shape[0] == 1:
+            image = image.expand(disp.shape[0], *image.shape[1:])
+        else:
+            raise ValueError(f"batch sizes differ: image {image.shape[0]}, field {disp.shape[0]}")
+    disp = disp.to(image.dtype)
+    if not disp.requires_grad and disp.device.type != "meta" and not torch.any(disp):
+        # the identity: no interpolation, so no rounding of the normalised sampling grid
+        return image.clone()
+    return _resample(image, disp, mode, padding)
+
+
+def integrate(velocity: torch.Tensor, steps: int = 7, padding: str = "zeros") -> torch.Tensor:
+    """Exponentiate a stationary velocity field by scaling and squaring.
+
+    ``u = v / 2**steps``, then ``steps`` times ``u <- u + warp(u, u)``.
+
+    Parameters
+    ----------
+    velocity : torch.Tensor
+        ``(B, ndim, *spatial)`` velocity in voxel units of its own grid.
+    steps : int
+        Number of squarings; 0 returns the velocity unchanged (no integration).
+    padding : {"zeros", "border"}
+        How the field is extended outside the grid while squaring ("zeros" as in EOIR and
+        VoxelMorph).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, ndim, *spatial)`` displacement of the time-1 flow, voxel units.
+    """
+    _check_field(velocity)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if padding not in _PADDINGS:
+        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    disp = velocity / (2.0**steps)
+    for _ in range(steps):
+        disp = disp + _resample(disp, disp, "bilinear", padding)
+    return disp
+
+
+def compose(first: torch.Tensor, second: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
+    """Compose two displacement fields on the same grid.
+
+    Warping an image by ``first`` and the result by ``second`` equals one warp by the composed
+    field: ``warp(warp(I, first), second) == warp(I, compose(first, second))`` (up to
+    interpolation). As maps, ``id + out = (id + first) o (id + second)``, that is
+    ``out(p) = second(p) + first(p + second(p))``.
+
+    Parameters
+    ----------
+    first, second : torch.Tensor
+        ``(B, ndim, *spatial)`` displacements in voxel units of the same grid.
+    padding : {"zeros", "border"}
+        How ``first`` is extended outside the grid.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, ndim, *spatial)`` composed displacement, voxel units.
+    """
+    _check_field(first)
+    _check_field(second, first.shape[2:])
+    if padding not in _PADDINGS:
+        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    return second + _resample(first, second, "bilinear", padding)
+
+
+def resize_field(
+    disp: torch.Tensor,
+    shape: Sequence[int],
+    magnitude_scale: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Resample a displacement field onto a grid of another size covering the same extent.
+
+    The field is interpolated (linear, ``align_corners=True``: first and last voxel centres stay
+    put) and each channel ``k`` is multiplied by ``magnitude_scale[k]``, the factor that converts
+    a length in old voxels to new voxels along axis ``k``.
+
+    Parameters
+    ----------
+    disp : torch.Tensor
+        ``(B, ndim, *spatial)`` displacement, voxel units of its grid.
+    shape : sequence of int
+        New spatial shape.
+    magnitude_scale : sequence of float, optional
+        Per-axis factor. Default: the exact one for ``align_corners=True``,
+        ``(new_k - 1) / (old_k - 1)``. EOIR's pyramid passes ``2`` per halved axis, as the
+        method does.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, ndim, *shape)`` displacement, voxel units of the new grid.
+    """
+    ndim = _check_field(disp)
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != ndim:
+        raise ValueError(f"shape must have {ndim} entries, got {shape}")
+    if magnitude_scale is None:
+        magnitude_scale = [
+            (new - 1) / (old - 1) if old > 1 else 1.0
+            for new, old in zip(shape, disp.shape[2:], strict=True)
+        ]
+    if len(magnitude_scale) != ndim:
+        raise ValueError(f"magnitude_scale must have {ndim} entries, got {magnitude_scale}")
+    mode = "trilinear" if ndim == 3 else "bilinear"
+    out = disp
+    if shape != tuple(disp.shape[2:]):
+        out = F.interpolate(disp, size=shape, mode=mode, align_corners=True)
+    if any(s != 1 for s in magnitude_scale):
+        factors = torch.tensor(magnitude_scale, device=disp.device, dtype=disp.dtype)
+        out = out * factors.view(1, ndim, *([1] * ndim))
+    return out
+
+
+def jacobian_determinant(
+    disp: torch.Tensor, spacing: Sequence[float] | None = None
+) -> torch.Tensor:
+    """Determinant of the Jacobian of the map ``x -> x + disp(x)``.
+
+    Derivatives are central differences inside the grid and one-sided at its faces (as
+    ``numpy.gradient``, which the Learn2Reg evaluation uses).
+
+    Parameters
+    ----------
+    disp : torch.Tensor
+        ``(B, ndim, *spatial)`` displacement. In voxel units when ``spacing`` is None; in
+        millimetres along each array axis when ``spacing`` is given. (Both describe the same
+        map: a voxel field ``u`` and its mm version ``u * spacing`` have the same determinant.)
+    spacing : sequence of float, optional
+        Voxel size in mm along each array axis, used as the step of the differences.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, *spatial)`` determinant (dimensionless: 1 = volume kept, <= 0 = folding).
+    """
+    ndim = _check_field(disp)
+    steps = [1.0] * ndim if spacing is None else [float(s) for s in spacing]
+    if len(steps) != ndim:
+        raise ValueError(f"spacing must have {ndim} entries, got {spacing}")
+    dims = tuple(range(2, 2 + ndim))
+    # grads[j] has shape (B, ndim, *spatial): d disp_i / d x_j for every i
+    grads = torch.gradient(disp, spacing=steps, dim=dims)
+    jac = torch.stack(grads, dim=2)  # (B, i, j, *spatial)
+    eye = torch.eye(ndim, device=disp.device, dtype=disp.dtype).view(1, ndim, ndim, *([1] * ndim))
+    jac = jac + eye
+    if ndim == 2:
+        return jac[:, 0, 0] * jac[:, 1, 1] - jac[:, 0, 1] * jac[:, 1, 0]
+    return (
+        jac[:, 0, 0] * (jac[:, 1, 1] * jac[:, 2, 2] - jac[:, 1, 2] * jac[:, 2, 1])
+        - jac[:, 0, 1] * (jac[:, 1, 0] * jac[:, 2, 2] - jac[:, 1, 2] * jac[:, 2, 0])
+        + jac[:, 0, 2] * (jac[:, 1, 0] * jac[:, 2, 1] - jac[:, 1, 1] * jac[:, 2, 0])
+    )
+
+
+# --- padding (the model's "any size" promise) --------------------------------------------------
+
+
+def pad_to_multiple(
+    x: torch.Tensor, multiple: Sequence[int], value: float = 0.0
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Pad the spatial axes at their high end up to a multiple of ``multiple`` per axis.
+
+    Padding only at the high end keeps voxel ``p`` at index ``p``, so displacements computed on
+    the padded grid are valid on the original one after :func:`crop_to_shape`.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, C, *spatial)``.
+    multiple : sequence of int
+        Required divisor per spatial axis.
+    value : float
+        Fill value.
+
+    Returns
+    -------
+    padded : torch.Tensor
+        ``(B, C, *padded_spatial)``.
+    shape : tuple of int
+        The original spatial shape, for :func:`crop_to_shape`.
+    """
+    shape = tuple(x.shape[2:])
+    if len(multiple) != len(shape):
+        raise ValueError(f"multiple must have {len(shape)} entries, got {multiple}")
+    extra = [(-n) % int(m) for n, m in zip(shape, multiple, strict=True)]
+    if not any(extra):
+        return x, shape
+    pad: list[int] = []
+    for e in reversed(extra):  # F.pad takes the last axis first
+        pad += [0, e]
+    return F.pad(x, pad, value=value), shape
+
+
+def crop_to_shape(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Undo :func:`pad_to_multiple`: keep the first ``shape[k]`` voxels of spatial axis ``k``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, C, *padded_spatial)``.
+    shape : sequence of int
+        Original spatial shape.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, C, *shape)`` (a view).
+    """
+    if tuple(x.shape[2:]) == tuple(shape):
+        return x
+    return x[(slice(None), slice(None), *(slice(0, int(n)) for n in shape))]
+
+
+# --- world coordinates -------------------------------------------------------------------------
+
+_FRAMES = ("ras", "lps")
+
+
+def _as_affine(affine: np.ndarray | torch.Tensor, ndim: int) -> np.ndarray:
+    a = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, float)
+    if a.shape != (ndim + 1, ndim + 1):
+        raise ValueError(f"a {ndim}D affine must be {(ndim + 1, ndim + 1)}, got {a.shape}")
+    return a
+
+
+def lps_affine(affine: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Convert a voxel -> RAS affine into the voxel -> LPS affine (ITK's world), or back.
+
+    Parameters
+    ----------
+    affine : array
+        ``(ndim+1, ndim+1)`` voxel-index -> world (mm) matrix.
+
+    Returns
+    -------
+    numpy.ndarray
+        The same matrix with the world x and y axes negated.
+    """
+    a = np.asarray(affine, dtype=float)
+    flip = np.ones(a.shape[0])
+    flip[:2] = -1.0
+    return flip[:, None] * a
+
+
+def _linear_part(affine: np.ndarray | torch.Tensor, ndim: int, frame: str) -> np.ndarray:
+    if frame not in _FRAMES:
+        raise ValueError(f"frame must be one of {_FRAMES}, got {frame!r}")
+    a = _as_affine(affine, ndim)
+    if frame == "lps":
+        a = lps_affine(a)
+    return a[:ndim, :ndim]
+
+
+def field_to_world(
+    disp: torch.Tensor, affine: np.ndarray | torch.Tensor, frame: str = "ras"
+) -> torch.Tensor:
+    """Convert a voxel-unit displacement into a world displacement in mm.
+
+    ``d_world = A[:ndim, :ndim] @ d_vox`` per voxel (a displacement is a vector: no translation).
+
+    Parameters
+    ----------
+    disp : torch.Tensor
+        ``(B, ndim, *spatial)`` displacement in voxel units of the grid ``affine`` describes.
+    affine : array
+        ``(ndim+1, ndim+1)`` voxel -> RAS mm matrix of that grid.
+    frame : {"ras", "lps"}
+        World frame of the result; ITK/ANTs fields are LPS.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, ndim, *spatial)``; channel ``k`` is the world (x, y[, z]) component in mm.
+    """
+    ndim = _check_field(disp)
+    m = torch.as_tensor(_linear_part(affine, ndim, frame), dtype=disp.dtype, device=disp.device)
+    return torch.einsum("ij,bj...->bi...", m, disp)
+
+
+def field_from_world(
+    disp: torch.Tensor, affine: np.ndarray | torch.Tensor, frame: str = "ras"
+) -> torch.Tensor:
+    """Inverse of :func:`field_to_world`: world displacement in mm -> voxel units.
+
+    Parameters
+    ----------
+    disp : torch.Tensor
+        ``(B, ndim, *spatial)`` world displacement in mm (frame given by ``frame``).
+    affine : array
+        ``(ndim+1, ndim+1)`` voxel -> RAS mm matrix of the grid.
+    frame : {"ras", "lps"}
+        World frame of ``disp``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, ndim, *spatial)`` displacement in voxel units, channel ``k`` = array axis ``k``.
+    """
+    ndim = _check_field(disp)
+    inv = np.linalg.inv(_linear_part(affine, ndim, frame))
+    m = torch.as_tensor(inv, dtype=disp.dtype, device=disp.device)
+    return torch.einsum("ij,bj...->bi...", m, disp)
+
+
+def voxel_to_world(points: np.ndarray, affine: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Map voxel coordinates to world coordinates.
+
+    Parameters
+    ----------
+    points : array
+        ``(N, ndim)`` voxel coordinates (array axis order, may be fractional).
+    affine : array
+        ``(ndim+1, ndim+1)`` voxel -> world matrix (the world frame of the result is the affine's).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, ndim)`` world coordinates in mm.
+    """
+    p = np.atleast_2d(np.asarray(points, dtype=float))
+    a = _as_affine(affine, p.shape[1])
+    return p @ a[:-1, :-1].T + a[:-1, -1]
+
+
+def world_to_voxel(points: np.ndarray, affine: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Map world coordinates (mm, the affine's frame) to fractional voxel coordinates.
+
+    Parameters
+    ----------
+    points : array
+        ``(N, ndim)`` world coordinates.
+    affine : array
+        ``(ndim+1, ndim+1)`` voxel -> world matrix.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, ndim)`` voxel coordinates in array axis order.
+    """
+    p = np.atleast_2d(np.asarray(points, dtype=float))
+    inv = np.linalg.inv(_as_affine(affine, p.shape[1]))
+    return p @ inv[:-1, :-1].T + inv[:-1, -1]
+
+
+def sample_at_points(field: torch.Tensor, points: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Linearly interpolate a field (or image) at fractional voxel positions.
+
+    Parameters
+    ----------
+    field : torch.Tensor
+        ``(1, C, *spatial)``.
+    points : array
+        ``(N, ndim)`` voxel coordinates, array axis order. Outside the grid the border value is
+        used.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, C)`` interpolated values.
+    """
+    ndim = field.dim() - 2
+    pts = torch.as_tensor(np.asarray(points, dtype=float), dtype=field.dtype, device=field.device)
+    if pts.dim() != 2 or pts.shape[1] != ndim:
+        raise ValueError(f"points must be (N, {ndim}), got {tuple(pts.shape)}")
+    # the points as a (1, ndim, N, 1[, 1]) grid of positions
+    positions = pts.T.reshape(1, ndim, pts.shape[0], *([1] * (ndim - 1)))
+    grid = _grid_sample_grid(positions, field.shape[2:])
+    out = F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return out.reshape(field.shape[1], pts.shape[0]).T

@@ -1,0 +1,150 @@
+"""The EOIR network: sizes, counts, variants, any input size, training outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eoir.complexity import count_multiply_adds, count_parameters
+from eoir.model import EOIR, EOIROutput
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (EOIR(width=32), 909_232),
+        (EOIR(width=8), 111_208),
+        (EOIR(width=16), 294_272),
+        (EOIR.oasis(width=32), 3_441_484),
+        (EOIR.oasis(width=16), 914_172),
+    ],
+)
+def test_parameter_counts_match_the_method(model, expected):
+    assert count_parameters(model) == expected
+
+
+def test_multiply_adds_match_table_iv_and_method_page():
+    # Table IV (ACDC, 128x128x16, in-plane pyramid): 114.21 G at N_s=32, 11.02 G at N_s=8
+    assert (
+        round(count_multiply_adds(EOIR(width=32, factors=(2, 2, 1)), (128, 128, 16)) / 1e9, 2)
+        == 114.21
+    )
+    assert (
+        round(count_multiply_adds(EOIR(width=8, factors=(2, 2, 1)), (128, 128, 16)) / 1e9, 2)
+        == 11.02
+    )
+    # abdomen, 96x80x128: 398.6 G at N_s=32
+    assert round(count_multiply_adds(EOIR(width=32), (96, 80, 128)) / 1e9, 1) == 398.6
+
+
+def test_no_grids_or_buffers_in_the_state_dict():
+    model = EOIR(width=8)
+    assert list(model.buffers()) == []
+    assert all(name.endswith(("weight", "bias")) for name in model.state_dict())
+
+
+def test_config_rebuilds_the_same_architecture():
+    model = EOIR(ndim=2, width=6, levels=4, integration_steps=3, composition="add", factors=(2, 1))
+    clone = EOIR(**model.config)
+    assert clone.config == model.config
+    clone.load_state_dict(model.state_dict())  # same keys and shapes
+
+
+@pytest.mark.parametrize("shape", [(37, 50, 41), (61, 77)])
+def test_forward_backward_on_odd_sizes(shape):
+    ndim = len(shape)
+    model = EOIR(ndim=ndim, width=4, levels=4)
+    moving, fixed = torch.rand(1, 1, *shape), torch.rand(1, 1, *shape)
+    out = model(moving, fixed)
+    assert isinstance(out, EOIROutput)
+    assert out.disp.shape == (1, ndim, *shape)
+    # per-level fields live on the padded grid (multiple of 8), finest first
+    assert out.fields[0].shape[2:] == tuple(-(-n // 8) * 8 for n in shape)
+    assert len(out.fields) == len(out.residuals) == 4
+    loss = out.disp.square().mean() + sum(r.square().mean() for r in out.residuals)
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    model.eval()
+    with torch.no_grad():
+        disp = model(moving, fixed)
+    assert isinstance(disp, torch.Tensor) and disp.shape == (1, ndim, *shape)
+    torch.testing.assert_close(disp, out.disp.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_batch_of_pairs_is_independent():
+    model = EOIR(width=4, levels=3).eval()
+    moving, fixed = torch.rand(2, 1, 16, 16, 16), torch.rand(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        both = model(moving, fixed)
+        second = model(moving[1:], fixed[1:])
+    torch.testing.assert_close(both[1:], second, rtol=1e-4, atol=1e-5)
+
+
+def test_oasis_variant_estimates_from_half_resolution():
+    model = EOIR.oasis(width=4)
+    assert model.config["integration_steps"] == 0 and model.config["large_kernel"]
+    out = model(torch.rand(1, 1, 32, 48, 64), torch.rand(1, 1, 32, 48, 64))
+    # residuals at 1/2 .. 1/16; composed fields upsampled back: full .. 1/8
+    assert [tuple(r.shape[2:]) for r in out.residuals] == [
+        (16, 24, 32),
+        (8, 12, 16),
+        (4, 6, 8),
+        (2, 3, 4),
+    ]
+    assert [tuple(f.shape[2:]) for f in out.fields] == [
+        (32, 48, 64),
+        (16, 24, 32),
+        (8, 12, 16),
+        (4, 6, 8),
+    ]
+    assert out.disp.shape == (1, 3, 32, 48, 64)
+
+
+def test_additive_and_composed_variants_differ():
+    torch.manual_seed(1)
+    composed = EOIR(width=4, levels=3).eval()
+    additive = EOIR(width=4, levels=3, composition="add").eval()
+    additive.load_state_dict(composed.state_dict())
+    moving, fixed = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(composed(moving, fixed), additive(moving, fixed))
+
+
+def test_anisotropic_pyramid_keeps_through_plane_axis_and_magnitude():
+    model = EOIR(width=4, levels=4, factors=(2, 2, 1))
+    out = model(torch.rand(1, 1, 32, 32, 5), torch.rand(1, 1, 32, 32, 5))
+    assert [tuple(f.shape[2:]) for f in out.fields] == [
+        (32, 32, 5),
+        (16, 16, 5),
+        (8, 8, 5),
+        (4, 4, 5),
+    ]
+    ones = torch.ones(1, 3, 4, 4, 5)
+    up = model._upsample_field(ones)
+    # in-plane components double with the grid; the through-plane one does not (unlike the
+    # reference code's quirk)
+    torch.testing.assert_close(up[0, :, 1, 1, 1], torch.tensor([2.0, 2.0, 1.0]))
+
+
+def test_integrated_model_has_no_folding_at_init():
+    from eoir.metrics import jacobian_stats
+
+    model = EOIR(width=4, levels=3).eval()
+    with torch.no_grad():
+        disp = model(torch.rand(1, 1, 24, 24, 24), torch.rand(1, 1, 24, 24, 24))
+    assert torch.isfinite(disp).all()
+    assert jacobian_stats(disp)["folding_percent"] < 1.0
+
+
+def test_rejects_bad_inputs():
+    model = EOIR(width=4, levels=3)
+    with pytest.raises(ValueError, match="one shape"):
+        model(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 9))
+    with pytest.raises(ValueError, match=r"\(B, 1, \*spatial\)"):
+        model(torch.rand(1, 2, 8, 8, 8), torch.rand(1, 2, 8, 8, 8))
+    with pytest.raises(ValueError, match="ndim"):
+        EOIR(ndim=4)
+    with pytest.raises(ValueError, match="composition"):
+        EOIR(composition="multiply")

@@ -1,0 +1,229 @@
+"""The spatial core pins the field convention: warped(p) = moving(p + disp(p)), voxels, axis k."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import smooth_field, smooth_image
+from eoir.spatial import (
+    compose,
+    crop_to_shape,
+    field_from_world,
+    field_to_world,
+    identity_grid,
+    integrate,
+    jacobian_determinant,
+    lps_affine,
+    pad_to_multiple,
+    resize_field,
+    sample_at_points,
+    voxel_to_world,
+    warp,
+    world_to_voxel,
+)
+
+SHAPES = [(11, 13), (6, 7, 9)]
+
+
+def test_identity_grid_holds_voxel_indices():
+    grid = identity_grid((3, 4, 5))
+    assert grid.shape == (1, 3, 3, 4, 5)
+    assert grid[0, 0, 2, 1, 3] == 2 and grid[0, 1, 2, 1, 3] == 1 and grid[0, 2, 2, 1, 3] == 3
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_identity_warp_is_exact(shape, mode):
+    image = torch.rand(2, 3, *shape)
+    zero = torch.zeros(2, len(shape), *shape)
+    assert torch.equal(warp(image, zero, mode=mode), image)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shift", [1, 3, -2])
+def test_integer_shift_moves_one_hot_volume_along_the_right_axis(shape, shift):
+    ndim = len(shape)
+    center = tuple(n // 2 for n in shape)
+    for axis in range(ndim):
+        moving = torch.zeros(1, 1, *shape)
+        moving[(0, 0, *center)] = 1.0
+        disp = torch.zeros(1, ndim, *shape)
+        disp[:, axis] = shift
+        # warped(p) = moving(p + shift e_axis): the bright voxel lands at center - shift e_axis
+        target = list(center)
+        target[axis] -= shift
+        expected = torch.zeros_like(moving)
+        expected[(0, 0, *target)] = 1.0
+        assert torch.equal(warp(moving, disp, mode="nearest"), expected)
+        torch.testing.assert_close(warp(moving, disp), expected, atol=1e-5, rtol=0)
+
+
+def test_warp_zeros_and_border_padding():
+    image = torch.arange(5.0).view(1, 1, 5, 1) + torch.zeros(1, 1, 5, 4)
+    disp = torch.zeros(1, 2, 5, 4)
+    disp[:, 0] = 10.0  # sample far beyond the last row
+    assert warp(image, disp, padding="zeros").abs().max() == 0
+    assert torch.all(warp(image, disp, padding="border") == 4.0)
+
+
+@pytest.mark.parametrize("shape", [(5, 6), (4, 5, 3)])
+def test_warp_gradcheck(shape):
+    ndim = len(shape)
+    image = torch.rand(1, 2, *shape, dtype=torch.float64, requires_grad=True)
+    # non-integer displacements keep the check away from the kinks of linear interpolation
+    disp = (0.3 + 0.4 * torch.rand(1, ndim, *shape, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda i, d: warp(i, d), (image, disp))
+    assert torch.autograd.gradcheck(lambda i, d: warp(i, d, padding="border"), (image, disp))
+
+
+def test_warp_rejects_mismatched_inputs():
+    with pytest.raises(ValueError, match="field's grid"):
+        warp(torch.rand(1, 1, 8, 8, 8), torch.zeros(1, 3, 8, 8, 7))
+    with pytest.raises(ValueError, match="needs 3 channels"):
+        warp(torch.rand(1, 1, 8, 8, 8), torch.zeros(1, 2, 8, 8, 8))
+    with pytest.raises(ValueError, match="mode"):
+        warp(torch.rand(1, 1, 8, 8), torch.zeros(1, 2, 8, 8), mode="cubic")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_integrate_zero_is_zero(shape):
+    zero = torch.zeros(1, len(shape), *shape)
+    assert torch.equal(integrate(zero, 7), zero)
+
+
+@pytest.mark.parametrize("shape", [(32, 34), (24, 26, 28)])
+def test_integrate_constant_velocity_is_the_translation(shape):
+    ndim = len(shape)
+    shift = torch.tensor([1.5, -2.0, 0.75][:ndim]).view(1, ndim, *([1] * ndim))
+    velocity = shift.expand(1, ndim, *shape).contiguous()
+    # with border padding the field is constant everywhere
+    torch.testing.assert_close(integrate(velocity, 7, padding="border"), velocity)
+    # with zero padding (as in EOIR) the loss of field at the border spreads inward about one
+    # voxel per squaring step: 8 voxels in, it is the translation
+    interior = (slice(None), slice(None), *[slice(8, -8)] * ndim)
+    torch.testing.assert_close(integrate(velocity, 7)[interior], velocity[interior])
+    assert torch.equal(integrate(velocity, 0), velocity)
+
+
+@pytest.mark.parametrize("shape", [(40, 44), (24, 26, 28)])
+def test_compose_equals_two_step_warp(shape):
+    ndim = len(shape)
+    image = smooth_image(shape, seed=1)
+    first = smooth_field(shape, 2.0, seed=2)
+    second = smooth_field(shape, 2.0, seed=3)
+    two_step = warp(warp(image, first), second)
+    composed = warp(image, compose(first, second))
+    interior = (slice(None), slice(None), *[slice(4, -4)] * ndim)
+    err = (two_step - composed)[interior].abs().max()
+    wrong_order = (warp(image, compose(second, first)) - two_step)[interior].abs().max()
+    added = (warp(image, first + second) - two_step)[interior].abs().max()
+    assert err < 2.5e-3
+    # the test tells the right order from the wrong one and from plain addition
+    assert wrong_order > 4 * err and added > 4 * err
+
+
+def test_compose_with_inverse_is_identity():
+    shape = (24, 26, 28)
+    velocity = smooth_field(shape, 1.5, seed=4)
+    forward, backward = integrate(velocity, 7), integrate(-velocity, 7)
+    residual = compose(forward, backward)[:, :, 4:-4, 4:-4, 4:-4]
+    assert residual.abs().max() < 0.05 * forward.abs().max()
+
+
+def test_resize_field_rescales_magnitudes_per_axis():
+    disp = torch.ones(1, 3, 5, 9, 4) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1, 1)
+    out = resize_field(disp, (9, 17, 4))
+    # exact align_corners factors (new - 1) / (old - 1): 2, 2, 1
+    torch.testing.assert_close(out[0, :, 3, 5, 2], torch.tensor([2.0, 4.0, 3.0]))
+    out = resize_field(disp, (10, 18, 4), magnitude_scale=(2, 2, 1))
+    assert out.shape == (1, 3, 10, 18, 4)
+    torch.testing.assert_close(out[0, :, 0, 0, 0], torch.tensor([2.0, 4.0, 3.0]))
+
+
+def test_resize_field_keeps_the_mapping():
+    """A field resized to a finer grid warps a finer image like the coarse field the coarse one."""
+    coarse_shape, fine_shape = (17, 21), (33, 41)
+    disp = smooth_field(coarse_shape, 1.5, seed=5)
+    fine_disp = resize_field(disp, fine_shape)
+    fine_image = smooth_image(fine_shape, seed=6)
+    coarse_image = torch.nn.functional.interpolate(
+        fine_image, size=coarse_shape, mode="bilinear", align_corners=True
+    )
+    warped_coarse = warp(coarse_image, disp)
+    warped_fine = torch.nn.functional.interpolate(
+        warp(fine_image, fine_disp), size=coarse_shape, mode="bilinear", align_corners=True
+    )
+    assert (warped_coarse - warped_fine)[:, :, 3:-3, 3:-3].abs().max() < 5e-3
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_jacobian_of_affine_displacement_is_det_a(ndim):
+    rng = np.random.default_rng(0)
+    matrix = np.eye(ndim) + 0.3 * rng.standard_normal((ndim, ndim))
+    spacing = [2.5, 0.7, 1.3][:ndim]
+    shape = (9, 11, 7)[:ndim]
+    index = identity_grid(shape, dtype=torch.float64)[0]  # (ndim, *shape) voxel indices
+    x_mm = index * torch.tensor(spacing, dtype=torch.float64).view(ndim, *([1] * ndim))
+    linear = torch.as_tensor(matrix - np.eye(ndim))
+    u_mm = torch.einsum("ij,j...->i...", linear, x_mm).unsqueeze(0) + 4.0  # + a translation
+    expected = torch.full((1, *shape), float(np.linalg.det(matrix)), dtype=torch.float64)
+    torch.testing.assert_close(jacobian_determinant(u_mm, spacing=spacing), expected)
+    # the same map as a voxel field: the determinant does not depend on the spacing
+    u_vox = u_mm / torch.tensor(spacing, dtype=torch.float64).view(1, ndim, *([1] * ndim))
+    torch.testing.assert_close(jacobian_determinant(u_vox), expected)
+    # wrong spacing (a swapped axis) gives a different answer
+    assert not torch.allclose(jacobian_determinant(u_mm, spacing=spacing[::-1]), expected)
+
+
+def test_pad_and_crop_round_trip():
+    x = torch.rand(2, 3, 37, 50, 41)
+    padded, shape = pad_to_multiple(x, (16, 16, 16))
+    assert padded.shape == (2, 3, 48, 64, 48)
+    assert torch.equal(padded[:, :, :37, :50, :41], x) and padded[:, :, 37:].abs().sum() == 0
+    assert torch.equal(crop_to_shape(padded, shape), x)
+
+
+def _oblique_affine() -> np.ndarray:
+    """An oblique, anisotropic, axis-permuted and flipped voxel -> RAS matrix."""
+    rotation = np.array([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    c, s = np.cos(0.3), np.sin(0.3)
+    tilt = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    affine = np.eye(4)
+    affine[:3, :3] = tilt @ rotation @ np.diag([1.2, 0.8, 2.5])
+    affine[:3, 3] = [10.0, -20.0, 5.0]
+    return affine
+
+
+def test_field_world_conversion_known_values_and_round_trip():
+    affine = np.diag([2.0, 3.0, 4.0, 1.0])
+    affine[:3, :3] = affine[:3, :3][[1, 0, 2]]  # array axis 0 -> world y, axis 1 -> world x
+    disp = torch.zeros(1, 3, 2, 2, 2)
+    disp[:, 0] = 1.0  # one voxel along array axis 0
+    ras = field_to_world(disp, affine)[0, :, 0, 0, 0]
+    lps = field_to_world(disp, affine, frame="lps")[0, :, 0, 0, 0]
+    torch.testing.assert_close(ras, torch.tensor([0.0, 2.0, 0.0]))
+    torch.testing.assert_close(lps, torch.tensor([0.0, -2.0, 0.0]))
+    field = smooth_field((5, 6, 7), 2.0).double()
+    oblique = _oblique_affine()
+    for frame in ("ras", "lps"):
+        back = field_from_world(field_to_world(field, oblique, frame), oblique, frame)
+        torch.testing.assert_close(back, field)
+
+
+def test_points_world_round_trip_and_lps():
+    affine = _oblique_affine()
+    points = np.array([[1.0, 2.0, 3.0], [4.5, 0.0, 7.25]])
+    world = voxel_to_world(points, affine)
+    np.testing.assert_allclose(world_to_voxel(world, affine), points, atol=1e-12)
+    np.testing.assert_allclose(voxel_to_world(points, lps_affine(affine)), world * [-1, -1, 1])
+
+
+def test_sample_at_points_matches_grid_values_and_interpolates():
+    field = torch.rand(1, 2, 5, 6, 7, dtype=torch.float64)
+    points = np.array([[1, 2, 3], [4, 5, 6], [0, 0, 0]], dtype=float)
+    expected = torch.stack([field[0, :, 1, 2, 3], field[0, :, 4, 5, 6], field[0, :, 0, 0, 0]])
+    torch.testing.assert_close(sample_at_points(field, points), expected)
+    mid = sample_at_points(field, np.array([[1.5, 2.0, 3.0]]))[0]
+    torch.testing.assert_close(mid, 0.5 * (field[0, :, 1, 2, 3] + field[0, :, 2, 2, 3]))
