@@ -341,7 +341,7 @@ def multilevel_loss(
     penalty: str = "l1",
     moving_labels: torch.Tensor | None = None,
     fixed_labels: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """EOIR's multi-level loss.
 
     ``L = sum_l 2^-l [ w_sim Sim_l(T_l(I_m^l, phi_l), I_f^l) + w_reg Grad(v_l)
@@ -375,8 +375,9 @@ def multilevel_loss(
     -------
     total : torch.Tensor
         Scalar loss.
-    terms : dict of str to float
-        Detached level-weighted sums of each term: ``"similarity"``, ``"smoothness"``, ``"dice"``.
+    terms : dict of str to torch.Tensor
+        Detached level-weighted sums of each term, ``"similarity"``, ``"smoothness"`` and
+        ``"dice"``, as scalar tensors (no device sync until the caller reads them).
     """
     if similarity not in ("ncc", "mse", "mind"):
         raise ValueError(f"similarity must be 'ncc', 'mse' or 'mind', got {similarity!r}")
@@ -388,7 +389,7 @@ def multilevel_loss(
         labels_m = pyramid(_pad_end(moving_labels, shapes[0]), shapes)
         labels_f = pyramid(_pad_end(fixed_labels, shapes[0]), shapes)
     total = moving.new_zeros((), dtype=torch.float32)
-    terms = {"similarity": 0.0, "smoothness": 0.0, "dice": 0.0}
+    terms = {name: total.detach().clone() for name in ("similarity", "smoothness", "dice")}
     for level, (field, velocity) in enumerate(zip(fields, residuals, strict=True)):
         weight = 2.0**-level
         warped = warp(images_m[level], field)
@@ -400,11 +401,11 @@ def multilevel_loss(
             sim = mind_loss(warped, images_f[level])
         reg = gradient_loss(velocity, penalty)
         level_loss = sim_weight * sim + reg_weight * reg
-        terms["similarity"] += weight * float(sim.detach())
-        terms["smoothness"] += weight * float(reg.detach())
+        terms["similarity"] += weight * sim.detach()
+        terms["smoothness"] += weight * reg.detach()
         if use_dice:
             dsc = dice_loss(warp(labels_m[level], field), labels_f[level])
             level_loss = level_loss + dice_weight * dsc
-            terms["dice"] += weight * float(dsc.detach())
+            terms["dice"] += weight * dsc.detach()
         total = total + weight * level_loss
     return total, terms
