@@ -32,7 +32,9 @@ __all__ = [
     "lps_affine",
     "pad_to_multiple",
     "resize_field",
+    "sample",
     "sample_at_points",
+    "transform_positions",
     "voxel_to_world",
     "warp",
     "world_to_voxel",
@@ -110,6 +112,65 @@ def _resample(image: torch.Tensor, disp: torch.Tensor, mode: str, padding: str) 
     positions = identity_grid(disp.shape[2:], disp.device, disp.dtype) + disp
     grid = _grid_sample_grid(positions, image.shape[2:])
     return F.grid_sample(image, grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
+
+
+def sample(
+    image: torch.Tensor, positions: torch.Tensor, mode: str = "bilinear", padding: str = "zeros"
+) -> torch.Tensor:
+    """Sample an image at voxel positions of its own grid (the general form of :func:`warp`).
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        ``(B, C, *spatial_in)``.
+    positions : torch.Tensor
+        ``(B, ndim, *spatial_out)`` fractional voxel coordinates into ``image``, channel ``k``
+        along its array axis ``k``. The output grid may differ from the image's in size and
+        geometry (e.g. positions of a fixed grid mapped into a moving image's voxels).
+    mode : {"bilinear", "nearest"}
+        Interpolation.
+    padding : {"zeros", "border"}
+        Value outside the image.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, C, *spatial_out)``.
+    """
+    ndim = image.dim() - 2
+    if positions.dim() != ndim + 2 or positions.shape[1] != ndim:
+        raise ValueError(
+            f"positions must be (B, {ndim}, *spatial) for a {ndim}D image, "
+            f"got {tuple(positions.shape)}"
+        )
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    if padding not in _PADDINGS:
+        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    grid = _grid_sample_grid(positions.to(image.dtype), image.shape[2:])
+    return F.grid_sample(image, grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
+
+
+def transform_positions(matrix: np.ndarray | torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Apply an ``(ndim+1, ndim+1)`` homogeneous matrix to a grid of positions.
+
+    Parameters
+    ----------
+    matrix : array
+        Maps the positions' frame to another (e.g. ``inv(A_moving) @ A_fixed``: fixed voxels to
+        moving voxels).
+    positions : torch.Tensor
+        ``(B, ndim, *spatial)`` coordinates.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, ndim, *spatial)`` transformed coordinates.
+    """
+    ndim = positions.shape[1]
+    m = torch.as_tensor(_as_affine(matrix, ndim), dtype=positions.dtype, device=positions.device)
+    shift = m[:ndim, ndim].view(1, ndim, *([1] * ndim))
+    return torch.einsum("ij,bj...->bi...", m[:ndim, :ndim], positions) + shift
 
 
 def warp(
