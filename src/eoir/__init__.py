@@ -7,6 +7,8 @@ back: ``warped(p) = moving(p + disp(p))``.
 
 __version__ = "0.1.0"
 
+from eoir.api import RegistrationResult, register
+from eoir.errors import InputError
 from eoir.losses import (
     dice_loss,
     gradient_loss,
@@ -32,6 +34,8 @@ from eoir.spatial import (
 __all__ = [
     "EOIR",
     "EOIROutput",
+    "InputError",
+    "RegistrationResult",
     "__version__",
     "compose",
     "dice_loss",
@@ -51,6 +55,7 @@ __all__ = [
     "multilevel_loss",
     "ncc_loss",
     "one_hot",
+    "register",
     "resize_field",
     "tre",
     "warp",

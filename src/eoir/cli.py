@@ -7,16 +7,22 @@ Exit codes: 0 success, 2 bad usage or bad input (one line on stderr naming the p
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import warnings
 from collections.abc import Sequence
+
+import numpy as np
 
 from eoir import __version__
 from eoir.complexity import count_multiply_adds, count_parameters
+from eoir.errors import InputError as UsageError
+from eoir.io import FIELD_FORMATS, WRITABLE_SUFFIXES, OutputSet, read_field, read_image
+from eoir.metrics import jacobian_stats
 from eoir.model import EOIR
-
-
-class UsageError(Exception):
-    """Bad command-line input: reported as one line on stderr with exit code 2."""
+from eoir.preprocess import PRESETS
+from eoir.resample import warp_image
+from eoir.spatial import jacobian_determinant
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +72,113 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_register(args: argparse.Namespace) -> int:
+    from eoir.api import dice_before_after, register
+
+    if (args.moving_labels is None) != (args.warped_labels is None):
+        raise UsageError("--moving-labels and --warped-labels go together")
+    if args.json_path is not None and not args.json_path.endswith(".json"):
+        raise UsageError(f"{args.json_path}: the --json output must end in .json")
+    images = [args.warped, args.field, args.warped_labels]
+    if any(p is not None and p.endswith(".json") for p in images):
+        raise UsageError("image and field outputs must be .nii, .nii.gz, .mha or .nrrd")
+    # check every output before any work, so a bad path fails at once and writes nothing
+    outputs = OutputSet(
+        [*images, args.json_path], args.overwrite, suffixes=(*WRITABLE_SUFFIXES, ".json")
+    )
+    if (
+        args.field is not None
+        and args.field_format == "l2r"
+        and not args.field.endswith((".nii", ".nii.gz"))
+    ):
+        raise UsageError(f"{args.field}: the Learn2Reg field format is NIfTI (.nii.gz)")
+    result = register(
+        args.fixed,
+        args.moving,
+        model=args.model,
+        optimize_steps=args.optimize_steps,
+        affine=args.affine,
+        preset=args.preset,
+        downsample=args.downsample,
+        device=args.device,
+    )
+    dice = None
+    if args.fixed_labels is not None:
+        if args.moving_labels is None:
+            raise UsageError("--fixed-labels needs --moving-labels to measure Dice")
+        dice = dice_before_after(result, args.fixed_labels, args.moving_labels)
+    stats = result.jacobian_stats()
+    summary = {
+        "fixed": args.fixed,
+        "moving": args.moving,
+        "seconds": round(result.seconds, 3),
+        "affine": args.affine,
+        "model": args.model,
+        "optimize_steps": result.info["optimize_steps"],
+        "preset": args.preset,
+        "folding_percent": stats["folding_percent"],
+        "sdlogj": stats["sdlogj"],
+        "dice_before": None if dice is None else dice[0],
+        "dice_after": None if dice is None else dice[1],
+        "warnings": result.info["warnings"],
+        "outputs": {
+            "warped": args.warped,
+            "field": args.field,
+            "warped_labels": args.warped_labels,
+        },
+    }
+    for message in result.info["warnings"]:
+        print(f"eoir register: warning: {message}", file=sys.stderr)
+    with outputs:
+        if args.warped is not None:
+            outputs.write_image(args.warped, result.warped(), result.fixed)
+        if args.field is not None:
+            outputs.write_field(args.field, result.disp, result.fixed, args.field_format)
+        if args.warped_labels is not None:
+            outputs.write_image(
+                args.warped_labels, result.warp_labels(args.moving_labels), result.fixed
+            )
+        if args.json_path is not None:
+            outputs.temp(args.json_path).write_text(json.dumps(summary, indent=2) + "\n")
+    how = "affine + " if args.affine else ""
+    how += "model" if args.model else ""
+    steps = result.info["optimize_steps"]
+    if steps:
+        how += (" + " if args.model else "") + f"{steps} optimisation steps"
+    line = f"registered {args.moving} -> {args.fixed} in {result.seconds:.1f} s ({how})"
+    if dice is not None:
+        line += f"; Dice {dice[0]:.3f} -> {dice[1]:.3f}"
+    line += f"; folding {stats['folding_percent']:.3f} %, SDlogJ {stats['sdlogj']:.3f}"
+    print(line)
+    return 0
+
+
+def _run_apply(args: argparse.Namespace) -> int:
+    outputs = OutputSet([args.out], args.overwrite)
+    disp, grid = read_field(args.field)
+    moving = read_image(args.moving, "moving image")
+    warped = warp_image(moving, grid, disp, mode="nearest" if args.nearest else "bilinear")
+    with outputs:
+        outputs.write_image(args.out, warped, grid)
+    print(f"wrote {args.out} ({'nearest' if args.nearest else 'linear'}, grid {grid.shape})")
+    return 0
+
+
+def _run_jacobian(args: argparse.Namespace) -> int:
+    outputs = OutputSet([args.out], args.overwrite)
+    disp, grid = read_field(args.field)
+    stats = jacobian_stats(disp)
+    print(
+        f"{args.field}: folding {stats['folding_percent']:.4f} % of voxels (|J| <= 0), "
+        f"SDlogJ {stats['sdlogj']:.4f} (log(J+3), Learn2Reg), std log J {stats['std_log_j']:.4f}"
+    )
+    if args.out is not None:
+        det = jacobian_determinant(disp.double())[0].numpy().astype(np.float32)
+        with outputs:
+            outputs.write_image(args.out, det, grid)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``eoir`` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -89,6 +202,75 @@ def build_parser() -> argparse.ArgumentParser:
         "--shape", type=int, nargs="+", help="input size (default 160 192 224, or 256 256 in 2D)"
     )
     info.set_defaults(func=_run_info)
+
+    reg = commands.add_parser(
+        "register",
+        help="register a moving image to a fixed image and write the results",
+        description="Register MOVING to FIXED (any formats nibabel/SimpleITK read; the moving "
+        "image may be on any grid). Outputs are on the fixed grid with its header; the warped "
+        "image keeps the moving intensities and type. The field maps fixed to moving and "
+        "includes the affine part.",
+    )
+    reg.add_argument("--fixed", required=True, help="fixed image (or DICOM folder)")
+    reg.add_argument("--moving", required=True, help="moving image (or DICOM folder)")
+    reg.add_argument("--warped", help="output: the moving image warped onto the fixed grid")
+    reg.add_argument("--field", help="output: the displacement field")
+    reg.add_argument(
+        "--field-format",
+        choices=FIELD_FORMATS,
+        default="itk",
+        help="itk: 5-D NIfTI/vector image in LPS mm for ANTs/ITK/Slicer (default); "
+        "l2r: Learn2Reg voxel field (X, Y, Z, 3)",
+    )
+    reg.add_argument("--moving-labels", help="a label map on the moving grid to warp")
+    reg.add_argument("--warped-labels", help="output: the warped label map (nearest neighbour)")
+    reg.add_argument("--fixed-labels", help="fixed label map: report Dice before and after")
+    reg.add_argument("--model", help="checkpoint of a trained EOIR model (none ships yet)")
+    reg.add_argument(
+        "--optimize-steps",
+        type=int,
+        help="instance-optimisation steps refining the field on this pair "
+        "(default 0 with --model, else 150)",
+    )
+    reg.add_argument("--affine", action="store_true", help="align affinely first (SimpleITK)")
+    reg.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="mri",
+        help="intensity normalisation: mri (robust min-max), ct (HU -500..800, abdomen), "
+        "lung (HU -1000..200), none (default mri)",
+    )
+    reg.add_argument(
+        "--downsample", type=int, default=1, help="register at 1/N resolution (default 1)"
+    )
+    reg.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    reg.add_argument("--json", dest="json_path", help="output: the summary as JSON")
+    reg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    reg.set_defaults(func=_run_register)
+
+    apply = commands.add_parser(
+        "apply",
+        help="warp an image or label map with a saved field",
+        description="Warp an image (or, with --nearest, a label map) with a displacement field "
+        "saved by eoir, ANTs or ITK (itk format) or for Learn2Reg (l2r); the format is detected.",
+    )
+    apply.add_argument("--field", required=True, help="displacement field file")
+    apply.add_argument("--moving", required=True, help="image or label map to warp")
+    apply.add_argument("--out", required=True, help="output on the field's (fixed) grid")
+    apply.add_argument("--nearest", action="store_true", help="nearest neighbour (label maps)")
+    apply.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    apply.set_defaults(func=_run_apply)
+
+    jac = commands.add_parser(
+        "jacobian",
+        help="folding and SDlogJ of a saved field; optionally the determinant map",
+        description="Print the % of voxels with |J| <= 0 and SDlogJ of a displacement field; "
+        "--out writes the Jacobian determinant map.",
+    )
+    jac.add_argument("--field", required=True, help="displacement field file")
+    jac.add_argument("--out", help="output: the Jacobian determinant map")
+    jac.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    jac.set_defaults(func=_run_jacobian)
     return parser
 
 
@@ -100,7 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            # the commands report eoir's own warnings on stderr themselves
+            warnings.filterwarnings("ignore", message=".*registered as identity")
+            return int(args.func(args))
     except UsageError as err:
         print(f"eoir {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -30,13 +30,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from eoir.errors import InputError
+from eoir.errors import InputError, reason
 from eoir.spatial import field_from_world, field_to_world, lps_affine
 
 __all__ = [
     "FIELD_FORMATS",
     "Image",
     "OutputSet",
+    "as_sitk_image",
     "read_field",
     "read_image",
     "read_landmarks",
@@ -162,8 +163,7 @@ def read_image(path: str | os.PathLike, what: str = "image") -> Image:
     except InputError:
         raise
     except (OSError, RuntimeError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{p}: cannot read {what} ({reason[:200]})") from None
+        raise InputError(f"{p}: cannot read {what} ({reason(err)})") from None
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim == 4:
@@ -224,8 +224,12 @@ class OutputSet:
             folder = target.parent if str(target.parent) else Path(".")
             if not folder.is_dir():
                 raise InputError(f"{target}: folder {folder} does not exist")
-            if not os.access(folder, os.W_OK | os.X_OK):
-                raise InputError(f"{target}: folder {folder} is not writable")
+            try:  # a real probe: os.access says yes to root even on a read-only mount
+                fd, probe = tempfile.mkstemp(prefix=".eoir-probe.", dir=folder)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError:
+                raise InputError(f"{target}: folder {folder} is not writable") from None
 
     def temp(self, target: str | os.PathLike) -> Path:
         """The temporary path (same folder, same file type) to write ``target`` to."""
@@ -310,7 +314,10 @@ class OutputSet:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            umask = os.umask(0)
+            os.umask(umask)
             for target, temp in self._temps.items():
+                os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual mode
                 os.replace(temp, target)
         else:
             for temp in self._temps.values():
@@ -335,14 +342,34 @@ def _save_nifti(path: Path, data: np.ndarray, reference: Image, intent: str | No
     nib.save(image, str(path))
 
 
-def _save_sitk(path: Path, data: np.ndarray, reference: Image, vector: bool = False) -> None:
-    array = np.moveaxis(data, (0, 1, 2), (2, 1, 0)) if vector else data.transpose()
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=vector)
+def as_sitk_image(array: np.ndarray, reference: Image, vector: bool = False) -> sitk.Image:
+    """A SimpleITK image of ``array`` with ``reference``'s geometry (LPS, as ITK wants it).
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        ``(X, Y, Z)`` scalars, or ``(X, Y, Z, C)`` vectors with ``vector=True``, on the
+        reference grid.
+    reference : Image
+        The grid.
+    vector : bool
+        Whether the last axis holds vector components.
+
+    Returns
+    -------
+    SimpleITK.Image
+    """
+    data = np.moveaxis(array, (0, 1, 2), (2, 1, 0)) if vector else array.transpose()
+    image = sitk.GetImageFromArray(np.ascontiguousarray(data), isVector=vector)
     spacing, origin, direction = _sitk_geometry(reference.affine)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     image.SetDirection(direction)
-    sitk.WriteImage(image, str(path), useCompression=True)
+    return image
+
+
+def _save_sitk(path: Path, data: np.ndarray, reference: Image, vector: bool = False) -> None:
+    sitk.WriteImage(as_sitk_image(data, reference, vector), str(path), useCompression=True)
 
 
 def write_image(
@@ -411,7 +438,7 @@ def read_field(path: str | os.PathLike) -> tuple[torch.Tensor, Image]:
     except InputError:
         raise
     except (OSError, RuntimeError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as err:
-        raise InputError(f"{p}: cannot read field ({str(err).strip()[:200]})") from None
+        raise InputError(f"{p}: cannot read field ({reason(err)})") from None
     if not np.isfinite(vectors).all():
         raise InputError(f"{p}: field has NaN or infinite values")
     disp = torch.from_numpy(np.moveaxis(vectors, -1, 0).copy()).unsqueeze(0)

@@ -1,0 +1,78 @@
+"""Model checkpoints: weights plus the constructor config, loadable on any input size.
+
+A checkpoint is a dict saved with ``torch.save``: ``{"format": "eoir-checkpoint",
+"eoir_version": str, "config": EOIR.config, "model": state_dict, ...}`` (training adds optimizer,
+scheduler, step and RNG states). No grids or buffers are stored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eoir import __version__
+from eoir.errors import InputError, reason
+from eoir.model import EOIR
+
+__all__ = ["load_model", "save_model"]
+
+FORMAT = "eoir-checkpoint"
+
+
+def save_model(path: str | os.PathLike, model: EOIR, **extra: Any) -> None:
+    """Save ``model`` (config + weights, and any ``extra`` entries) atomically to ``path``."""
+    path = Path(path)
+    state = {
+        "format": FORMAT,
+        "eoir_version": __version__,
+        "config": dict(model.config),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    temp = path.with_name(f".{path.name}.eoir-tmp")
+    try:
+        torch.save(state, temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def load_model(source: str | os.PathLike | EOIR, device: str | torch.device = "cpu") -> EOIR:
+    """Load an EOIR model from a checkpoint file (or pass a model through), in eval mode.
+
+    Parameters
+    ----------
+    source : path or EOIR
+        A checkpoint written by :func:`save_model` or by ``eoir train``.
+    device : str or torch.device
+        Where to put the model.
+
+    Returns
+    -------
+    EOIR
+
+    Raises
+    ------
+    InputError
+        Missing, unreadable or incompatible checkpoint.
+    """
+    if isinstance(source, EOIR):
+        return source.to(device).eval()
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"{path}: model checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise InputError(f"{path}: not a readable checkpoint ({reason(err)})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise InputError(f"{path}: not an eoir checkpoint (no eoir format tag)")
+    try:
+        model = EOIR(**state["config"])
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise InputError(f"{path}: checkpoint does not match its config ({reason(err)})") from None
+    return model.to(device).eval()

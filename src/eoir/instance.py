@@ -1,0 +1,123 @@
+"""Instance optimisation: refine a displacement field on one image pair.
+
+The field itself is optimised, not the network's weights (the project's measurements in
+design.md: on a real brain pair this reached Dice 0.50 in 82 s where fine-tuning a network's
+weights stalled at 0.29 in 447 s). The refinement is a stationary velocity field ``v``,
+integrated by scaling and squaring (so it stays diffeomorphic), composed onto the starting field
+``u0`` (the network's prediction, or zero): ``disp = compose(u0, exp(v))``. It runs coarse to
+fine: the images at 1/4 then 1/2 resolution, ``v`` on a grid half as fine as the images, each
+stage starting from the previous one's ``v``; loss = windowed NCC + ``weight`` x diffusion
+(mean squared forward difference of ``v``, voxels of the stage grid).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from eoir.losses import gradient_loss, mind_loss, mse_loss, ncc_loss
+from eoir.spatial import compose, integrate, resize_field, warp
+
+__all__ = ["optimise_field"]
+
+
+def _resize_image(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    if tuple(x.shape[2:]) == tuple(shape):
+        return x
+    return F.interpolate(x, size=tuple(shape), mode="trilinear", align_corners=True)
+
+
+def _shape(shape: Sequence[int], factor: float) -> tuple[int, ...]:
+    return tuple(max(4, round((n - 1) / factor) + 1) for n in shape)
+
+
+def optimise_field(
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    init: torch.Tensor | None = None,
+    steps: int = 150,
+    factors: Sequence[int] = (4, 2),
+    lr: float = 0.1,
+    weight: float = 1.0,
+    window: int = 5,
+    similarity: str = "ncc",
+    integration_steps: int = 7,
+    callback: Callable[[int, float], None] | None = None,
+) -> torch.Tensor:
+    """Refine a displacement field on one pair, coarse to fine.
+
+    Parameters
+    ----------
+    moving, fixed : torch.Tensor
+        ``(1, 1, *spatial)`` normalised images on the fixed grid (3-D).
+    init : torch.Tensor, optional
+        ``(1, 3, *spatial)`` starting displacement (fixed voxels); zero if None.
+    steps : int
+        Adam steps in all, split evenly over the stages. 0 returns ``init``.
+    factors : sequence of int
+        Downsampling factor of the images in each stage, coarse to fine.
+    lr : float
+        Adam learning rate (voxels of the velocity grid per step).
+    weight : float
+        Weight of the diffusion penalty.
+    window : int
+        NCC window, voxels of the stage grid.
+    similarity : {"ncc", "mse", "mind"}
+        Image term.
+    integration_steps : int
+        Scaling-and-squaring steps.
+    callback : callable, optional
+        Called as ``callback(step, loss)`` after every step.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(1, 3, *spatial)`` refined displacement in fixed voxels.
+    """
+    if moving.shape != fixed.shape or moving.dim() != 5:
+        raise ValueError(f"need two (1, 1, X, Y, Z) images, got {moving.shape} and {fixed.shape}")
+    shape = tuple(fixed.shape[2:])
+    if init is None:
+        init = fixed.new_zeros(1, 3, *shape)
+    if steps <= 0:
+        return init
+    sim = {"ncc": lambda a, b: ncc_loss(a, b, window), "mse": mse_loss, "mind": mind_loss}
+    if similarity not in sim:
+        raise ValueError(f"similarity must be one of {sorted(sim)}, got {similarity!r}")
+    per_stage = [
+        steps // len(factors) + (1 if i < steps % len(factors) else 0) for i in range(len(factors))
+    ]
+    velocity: torch.Tensor | None = None
+    done = 0
+    stage_shape = shape
+    for factor, stage_steps in zip(factors, per_stage, strict=True):
+        stage_shape = _shape(shape, factor)
+        grid_shape = _shape(stage_shape, 2)
+        with torch.no_grad():
+            m = _resize_image(moving, stage_shape)
+            f = _resize_image(fixed, stage_shape)
+            start = resize_field(init, stage_shape)
+            v0 = (
+                fixed.new_zeros(1, 3, *grid_shape)
+                if velocity is None
+                else resize_field(velocity, grid_shape)
+            )
+        param = v0.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([param], lr=lr)
+        for _ in range(stage_steps):
+            v = resize_field(param, stage_shape)
+            disp = compose(start, integrate(v, integration_steps))
+            loss = sim[similarity](warp(m, disp), f) + weight * gradient_loss(v, "l2")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if callback is not None:
+                callback(done, float(loss.detach()))
+        velocity = param.detach()
+    with torch.no_grad():
+        # upsample only the optimised diffeomorphism; the start keeps its full resolution
+        refinement = integrate(resize_field(velocity, stage_shape), integration_steps)
+        return compose(init, resize_field(refinement, shape))

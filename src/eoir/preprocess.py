@@ -1,0 +1,128 @@
+"""Getting a user's images ready: checks, intensity presets and affine pre-alignment.
+
+Normalisation is internal only: outputs keep the moving image's own intensities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from eoir.errors import InputError
+from eoir.io import Image, as_sitk_image
+from eoir.spatial import lps_affine
+
+__all__ = ["PRESETS", "affine_align", "check_finite", "is_constant", "normalise"]
+
+PRESETS = ("mri", "ct", "lung", "none")
+CT_WINDOWS = {
+    "ct": (-500.0, 800.0),  # HU, the paper's abdomen window
+    "lung": (-1000.0, 200.0),  # HU, keeps the parenchyma and its vessels (at -900..-500 HU)
+}
+
+
+def check_finite(image: Image, what: str = "image") -> None:
+    """Raise :class:`InputError` naming the file if any voxel is NaN or infinite."""
+    if np.issubdtype(image.array.dtype, np.floating) and not np.isfinite(image.array).all():
+        count = int((~np.isfinite(image.array)).sum())
+        raise InputError(f"{image.path or what}: {what} has {count} NaN or infinite voxels")
+
+
+def is_constant(array: np.ndarray) -> bool:
+    """Whether every voxel has the same value (nothing to register)."""
+    return array.size == 0 or bool(array.min() == array.max())
+
+
+def normalise(array: np.ndarray, preset: str = "mri") -> np.ndarray:
+    """Map intensities to about [0, 1] for the network and the similarity losses.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        ``(X, Y, Z)`` intensities in any dtype.
+    preset : {"mri", "ct", "lung", "none"}
+        ``mri``: robust min-max, the 0.5th and 99.5th percentiles to 0 and 1, clipped;
+        ``ct``: the HU window [-500, 800] to [0, 1], clipped (the paper's, for abdomen CT: it
+        blanks the lungs); ``lung``: the HU window [-1000, 200] for thorax CT;
+        ``none``: unchanged (as float32).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(X, Y, Z)`` float32.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    x = np.asarray(array, dtype=np.float32)
+    if preset == "none":
+        return x
+    if preset in CT_WINDOWS:
+        lo, hi = CT_WINDOWS[preset]
+    else:
+        lo, hi = (float(v) for v in np.percentile(x, [0.5, 99.5]))
+        if hi <= lo:
+            lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        return np.zeros_like(x)
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+
+
+def affine_align(
+    fixed: Image,
+    moving: Image,
+    fixed_values: np.ndarray,
+    moving_values: np.ndarray,
+    iterations: int = 200,
+    seed: int = 1,
+) -> np.ndarray:
+    """Affine pre-alignment with SimpleITK (Mattes mutual information, 3 resolutions).
+
+    The transform is initialised by aligning the intensity centres of mass, then optimised
+    (regular-step gradient descent, physical-shift scales, shrink 4/2/1 with smoothing 2/1/0
+    voxels, 10 % of voxels sampled with a fixed seed).
+
+    Parameters
+    ----------
+    fixed, moving : Image
+        The grids (geometry only).
+    fixed_values, moving_values : numpy.ndarray
+        Their normalised intensities, on their own grids.
+    iterations : int
+        Optimiser iterations per resolution.
+    seed : int
+        Sampling seed (the result is reproducible for a given seed and thread count).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(4, 4)`` matrix mapping fixed RAS world points (mm) to moving RAS world points.
+    """
+    f = as_sitk_image(fixed_values.astype(np.float32), fixed)
+    m = as_sitk_image(moving_values.astype(np.float32), moving)
+    initial = sitk.CenteredTransformInitializer(
+        f, m, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS
+    )
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(0.1, seed)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0, minStep=1e-4, numberOfIterations=iterations, relaxationFactor=0.5
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel([4, 2, 1])
+    method.SetSmoothingSigmasPerLevel([2, 1, 0])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    method.SetInitialTransform(initial, inPlace=False)
+    transform = method.Execute(f, m)
+    # the transform maps fixed LPS points to moving LPS points; read its matrix off 4 points
+    origin = np.array(transform.TransformPoint((0.0, 0.0, 0.0)))
+    lps = np.eye(4)
+    for axis in range(3):
+        unit = [0.0, 0.0, 0.0]
+        unit[axis] = 1.0
+        lps[:3, axis] = np.array(transform.TransformPoint(tuple(unit))) - origin
+    lps[:3, 3] = origin
+    flip = lps_affine(np.eye(4))  # diag(-1, -1, 1, 1)
+    return flip @ lps @ flip
