@@ -13,6 +13,7 @@ from eoir.errors import InputError
 from eoir.io import (
     Image,
     OutputSet,
+    as_sitk_image,
     read_field,
     read_image,
     read_landmarks,
@@ -214,3 +215,48 @@ def test_read_landmarks(tmp_path):
     (tmp_path / "bad.txt").write_text("hello world\n")
     with pytest.raises(InputError, match="not a landmark file"):
         read_landmarks(tmp_path / "bad.txt")
+
+
+def write_dicom_series(folder, image: Image) -> None:
+    """Write ``image`` as one DICOM file per slice along its third array axis."""
+    volume = as_sitk_image(image.array.astype(np.int16), image)
+    direction = volume.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(volume.GetDepth()):
+        piece = volume[:, :, k]
+        position = volume.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {
+            "0008|0060": "MR",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+            "0020|000e": "1.2.826.0.1.3680043.2.1125.2",
+            "0020|0032": "\\".join(f"{v:.6f}" for v in position),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in direction[0:7:3] + direction[1:8:3]),
+            "0020|0013": str(k + 1),
+            "0018|0050": f"{volume.GetSpacing()[2]:.6f}",
+        }
+        for tag, value in tags.items():
+            piece.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(piece)
+
+
+def test_dicom_series_folder_reads_with_geometry(tmp_path):
+    c, s = np.cos(0.3), np.sin(0.3)
+    affine = np.eye(4)  # oblique (rotated about two axes), anisotropic
+    affine[:3, :3] = (
+        np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+        @ np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+        @ np.diag([0.9, 0.8, 2.0])
+    )
+    affine[:3, 3] = [-20.0, 30.0, 10.0]
+    image = Image(np.round(blob_volume((12, 10, 6), seed=2)).astype(np.int16), affine)
+    folder = tmp_path / "series"
+    folder.mkdir()
+    write_dicom_series(folder, image)
+    read = read_image(folder)
+    np.testing.assert_array_equal(read.array, image.array)
+    np.testing.assert_allclose(read.affine, image.affine, atol=1e-4)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no DICOM series"):
+        read_image(tmp_path / "empty")

@@ -67,6 +67,14 @@ def test_ncc_self_is_optimal_and_scale_invariant(shape):
         assert ncc_loss(scale * image, image) < 1e-3
 
 
+def test_box_filter_on_grids_smaller_than_the_window():
+    x = torch.rand(1, 2, 4, 3, 12)
+    reference = F.conv3d(
+        x.reshape(2, 1, 4, 3, 12), torch.ones(1, 1, 5, 5, 5) / 125, padding=2
+    ).reshape(1, 2, 4, 3, 12)
+    torch.testing.assert_close(box_filter(x, 5), reference)
+
+
 def test_box_filter_is_a_windowed_mean():
     x = torch.ones(1, 1, 9, 9, 9)
     out = box_filter(x, 3)

@@ -314,3 +314,12 @@ def test_lung_ct_landmarks_improve_over_affine(tmp_path):
     )
     assert affine_only < 0.5 * before
     assert deformable < affine_only - 1.0
+
+
+def test_downsampled_registration_returns_a_full_resolution_field(pair):
+    result = eoir.register(pair["fixed"], pair["moving"], optimize_steps=30, downsample=2)
+    assert result.disp.shape == (1, 3, *SHAPE)
+    before, after = eoir.api.dice_before_after(result, pair["fl"], pair["ml"])
+    assert after > before + 0.03, (before, after)
+    with pytest.raises(eoir.InputError, match="downsample"):
+        eoir.register(pair["fixed"], pair["moving"], downsample=0)

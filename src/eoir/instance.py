@@ -30,7 +30,8 @@ def _resize_image(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 
 def _shape(shape: Sequence[int], factor: float) -> tuple[int, ...]:
-    return tuple(max(4, round((n - 1) / factor) + 1) for n in shape)
+    """Grid size for a ``1/factor`` resolution (align_corners spacing), at least 8 (or ``n``)."""
+    return tuple(max(min(n, 8), round((n - 1) / factor) + 1) for n in shape)
 
 
 def optimise_field(

@@ -61,6 +61,10 @@ def box_filter(x: torch.Tensor, window: int) -> torch.Tensor:
         kernel = [1] * ndim
         kernel[axis] = window
         pad = [k // 2 for k in kernel]
+        if x.shape[2 + axis] < window:  # pooling refuses a kernel larger than the input
+            explicit = [0] * (2 * ndim)
+            explicit[2 * (ndim - 1 - axis)] = explicit[2 * (ndim - 1 - axis) + 1] = window // 2
+            x, pad = F.pad(x, explicit), [0] * ndim
         x = pool(x, kernel, stride=1, padding=pad, count_include_pad=True)
     return x
 
