@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 import eoir
 from conftest import shared_dataset, smooth_field
@@ -323,3 +324,55 @@ def test_downsampled_registration_returns_a_full_resolution_field(pair):
     assert after > before + 0.03, (before, after)
     with pytest.raises(eoir.InputError, match="downsample"):
         eoir.register(pair["fixed"], pair["moving"], downsample=0)
+
+
+def test_register_with_a_checkpoint(pair, tmp_path):
+    from eoir.checkpoint import save_model
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "tiny.pt"
+    save_model(checkpoint, eoir.EOIR(width=4, levels=3))
+    common = [
+        "register",
+        "--fixed",
+        pair["fixed"],
+        "--moving",
+        pair["moving"],
+        "--model",
+        checkpoint,
+    ]
+    result = run(*common, "--field", tmp_path / "a.nii.gz")
+    assert result.returncode == 0 and "(model)" in result.stdout, result.stderr
+    result = run(*common, "--field", tmp_path / "b.nii.gz", "--optimize-steps", "4")
+    assert result.returncode == 0 and "4 optimisation steps" in result.stdout, result.stderr
+    result = run(
+        *common,
+        "--field",
+        tmp_path / "c.nii.gz",
+        "--optimize-steps",
+        "3",
+        "--optimize-target",
+        "weights",
+    )
+    assert result.returncode == 0 and "3 fine-tuning steps" in result.stdout, result.stderr
+    fields = [np.asarray(nib.load(str(tmp_path / f"{n}.nii.gz")).dataobj) for n in "abc"]
+    assert not np.allclose(fields[0], fields[1]) and not np.allclose(fields[0], fields[2])
+    # fine-tuning needs a model; a checkpoint whose config does not fit is refused
+    result = run(
+        "register",
+        "--fixed",
+        pair["fixed"],
+        "--moving",
+        pair["moving"],
+        "--optimize-target",
+        "weights",
+        "--field",
+        tmp_path / "d.nii.gz",
+    )
+    assert result.returncode == 2 and "--model" in result.stderr
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"]["width"] = 8
+    torch.save(state, tmp_path / "wrong.pt")
+    result = run(*common[:-1], tmp_path / "wrong.pt", "--field", tmp_path / "e.nii.gz")
+    assert result.returncode == 2 and "does not match its config" in result.stderr
+    assert not (tmp_path / "d.nii.gz").exists() and not (tmp_path / "e.nii.gz").exists()

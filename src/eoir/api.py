@@ -19,7 +19,7 @@ import torch
 
 from eoir.checkpoint import load_model
 from eoir.errors import InputError
-from eoir.instance import optimise_field
+from eoir.instance import finetune_network, optimise_field
 from eoir.io import Image, OutputSet, read_image
 from eoir.metrics import jacobian_stats, mean_dice
 from eoir.model import EOIR
@@ -153,6 +153,7 @@ def register(
     moving_affine: np.ndarray | None = None,
     model: EOIR | str | os.PathLike | None = None,
     optimize_steps: int | None = None,
+    optimize_target: str = "field",
     affine: bool = False,
     preset: str = "mri",
     downsample: int = 1,
@@ -172,6 +173,9 @@ def register(
     optimize_steps : int, optional
         Instance-optimisation steps refining the field on this pair, starting from the model's
         prediction (or zero). Default: 0 with a model, ``DEFAULT_OPTIMIZE_STEPS`` without.
+    optimize_target : {"field", "weights"}
+        What the steps optimise: the field itself (default; see :mod:`eoir.instance`), or a copy
+        of the model's weights (needs ``model``).
     affine : bool
         Align affinely first (SimpleITK, mutual information); the result includes it.
     preset : {"mri", "ct", "lung", "none"}
@@ -195,6 +199,10 @@ def register(
         raise InputError(f"--downsample {downsample}: must be 1 or more")
     if optimize_steps is not None and optimize_steps < 0:
         raise InputError(f"--optimize-steps {optimize_steps}: must be 0 or more")
+    if optimize_target not in ("field", "weights"):
+        raise InputError(f"--optimize-target {optimize_target}: choose field or weights")
+    if optimize_target == "weights" and model is None:
+        raise InputError("--optimize-target weights fine-tunes a network: give --model")
     dev = resolve_device(device)
     net = load_model(model, dev) if model is not None else None
     check_finite(fixed_image, "fixed image")
@@ -205,6 +213,7 @@ def register(
         "affine": affine,
         "model": None if model is None else str(getattr(model, "config", model)),
         "optimize_steps": steps,
+        "optimize_target": optimize_target,
         "downsample": downsample,
         "device": str(dev),
         "warnings": [],
@@ -234,10 +243,12 @@ def register(
         fixed_t = resize(fixed_t, size=work_shape, mode="trilinear", align_corners=True)
         moving_t = resize(moving_t, size=work_shape, mode="trilinear", align_corners=True)
     disp = None
-    if net is not None:
+    if net is not None and optimize_target == "weights" and steps > 0:
+        disp = finetune_network(net, moving_t, fixed_t, steps, **(optimize_options or {}))
+    elif net is not None:
         with torch.inference_mode():
             disp = net(moving_t, fixed_t).clone()
-    if steps > 0:
+    if steps > 0 and optimize_target == "field":
         disp = optimise_field(moving_t, fixed_t, init=disp, steps=steps, **(optimize_options or {}))
     if disp is None:
         disp = fixed_t.new_zeros(1, 3, *work_shape)

@@ -97,6 +97,7 @@ def _run_register(args: argparse.Namespace) -> int:
         args.moving,
         model=args.model,
         optimize_steps=args.optimize_steps,
+        optimize_target=args.optimize_target,
         affine=args.affine,
         preset=args.preset,
         downsample=args.downsample,
@@ -144,7 +145,8 @@ def _run_register(args: argparse.Namespace) -> int:
     how += "model" if args.model else ""
     steps = result.info["optimize_steps"]
     if steps:
-        how += (" + " if args.model else "") + f"{steps} optimisation steps"
+        target = "fine-tuning steps" if args.optimize_target == "weights" else "optimisation steps"
+        how += (" + " if args.model else "") + f"{steps} {target}"
     line = f"registered {args.moving} -> {args.fixed} in {result.seconds:.1f} s ({how})"
     if dice is not None:
         line += f"; Dice {dice[0]:.3f} -> {dice[1]:.3f}"
@@ -231,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="instance-optimisation steps refining the field on this pair "
         "(default 0 with --model, else 150)",
+    )
+    reg.add_argument(
+        "--optimize-target",
+        choices=("field", "weights"),
+        default="field",
+        help="what the optimisation steps refine: the field itself (default) or a copy of the "
+        "model's weights (needs --model)",
     )
     reg.add_argument("--affine", action="store_true", help="align affinely first (SimpleITK)")
     reg.add_argument(

@@ -12,15 +12,17 @@ stage starting from the previous one's ``v``; loss = windowed NCC + ``weight`` x
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from eoir.losses import gradient_loss, mind_loss, mse_loss, ncc_loss
+from eoir.losses import gradient_loss, mind_loss, mse_loss, multilevel_loss, ncc_loss
+from eoir.model import EOIR
 from eoir.spatial import compose, integrate, resize_field, warp
 
-__all__ = ["optimise_field"]
+__all__ = ["finetune_network", "optimise_field"]
 
 
 def _resize_image(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -122,3 +124,52 @@ def optimise_field(
         # upsample only the optimised diffeomorphism; the start keeps its full resolution
         refinement = integrate(resize_field(velocity, stage_shape), integration_steps)
         return compose(init, resize_field(refinement, shape))
+
+
+def finetune_network(
+    model: EOIR,
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    steps: int = 50,
+    lr: float = 1e-4,
+    callback: Callable[[int, float], None] | None = None,
+    **loss_options,
+) -> torch.Tensor:
+    """Fine-tune a copy of the network's weights on one pair, then predict its field.
+
+    Not the default refinement (see the module docstring); offered for comparison and for
+    pairs unlike the training data. The given model is left unchanged.
+
+    Parameters
+    ----------
+    model : EOIR
+        The trained network.
+    moving, fixed : torch.Tensor
+        ``(1, 1, *spatial)`` normalised images on the fixed grid.
+    steps : int
+        Adam (amsgrad) steps of :func:`eoir.losses.multilevel_loss`.
+    lr : float
+        Learning rate.
+    callback : callable, optional
+        Called as ``callback(step, loss)`` after every step.
+    **loss_options
+        Passed to :func:`eoir.losses.multilevel_loss` (similarity, weights, ...).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(1, ndim, *spatial)`` displacement of the fine-tuned network, fixed voxels.
+    """
+    tuned = copy.deepcopy(model).train()
+    optimizer = torch.optim.Adam(tuned.parameters(), lr=lr, amsgrad=True)
+    for step in range(1, steps + 1):
+        out = tuned(moving, fixed)
+        loss, _ = multilevel_loss(out.fields, out.residuals, moving, fixed, **loss_options)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if callback is not None:
+            callback(step, float(loss.detach()))
+    tuned.eval()
+    with torch.no_grad():
+        return tuned(moving, fixed)
