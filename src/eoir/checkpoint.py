@@ -17,7 +17,7 @@ from eoir import __version__
 from eoir.errors import InputError, reason
 from eoir.model import EOIR
 
-__all__ = ["load_model", "save_model"]
+__all__ = ["load_model", "read_checkpoint", "save_model"]
 
 FORMAT = "eoir-checkpoint"
 
@@ -61,7 +61,39 @@ def load_model(source: str | os.PathLike | EOIR, device: str | torch.device = "c
     """
     if isinstance(source, EOIR):
         return source.to(device).eval()
-    path = Path(source)
+    state = read_checkpoint(source)
+    return _build(state, Path(source)).to(device).eval()
+
+
+def _build(state: dict[str, Any], path: Path) -> EOIR:
+    try:
+        model = EOIR(**state["config"])
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise InputError(f"{path}: checkpoint does not match its config ({reason(err)})") from None
+    return model
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a checkpoint: an eoir dict whose weights fit its model config.
+
+    Parameters
+    ----------
+    path : path
+        A file written by :func:`save_model` (``eoir train`` writes them).
+
+    Returns
+    -------
+    dict
+        Its entries (``config``, ``model`` and, for training checkpoints, ``optimizer``,
+        ``scheduler``, ``step``, ``rng``, ``run_config``, ``best``).
+
+    Raises
+    ------
+    InputError
+        Missing, unreadable, not eoir's, or weights that do not fit the config.
+    """
+    path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: model checkpoint not found")
     try:
@@ -70,9 +102,5 @@ def load_model(source: str | os.PathLike | EOIR, device: str | torch.device = "c
         raise InputError(f"{path}: not a readable checkpoint ({reason(err)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"{path}: not an eoir checkpoint (no eoir format tag)")
-    try:
-        model = EOIR(**state["config"])
-        model.load_state_dict(state["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise InputError(f"{path}: checkpoint does not match its config ({reason(err)})") from None
-    return model.to(device).eval()
+    _build(state, path)
+    return state

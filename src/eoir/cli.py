@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -181,6 +182,73 @@ def _run_jacobian(args: argparse.Namespace) -> int:
     return 0
 
 
+def _relaunch(nproc: int, argv: Sequence[str]) -> int:
+    """Run this command again under torch.distributed.run with ``nproc`` processes."""
+    import subprocess
+
+    args = list(argv)
+    i = args.index("--nproc")
+    del args[i : i + 2]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "eoir",
+        *args,
+    ]
+    return subprocess.run(command, check=False).returncode
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from eoir.config import load_config
+    from eoir.train import train
+
+    if args.nproc > 1:
+        return _relaunch(args.nproc, args.argv)
+    if args.recipe and args.config:
+        raise UsageError("give --recipe or --config, not both (--set overrides either)")
+    config = load_config(args.recipe, args.config, args.set)
+    result = train(
+        args.dataset,
+        args.out,
+        config,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        device=args.device,
+        max_steps=args.max_steps,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = result["best"]
+        score = "no validation pairs" if best is None else f"best validation {best:.4f}"
+        print(
+            f"trained {result['step']} steps into {args.out} ({result['seconds']:.0f} s; {score})"
+        )
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from eoir.evaluate import evaluate
+
+    if args.nproc > 1:
+        return _relaunch(args.nproc, args.argv)
+    model = None if args.model == "none" else args.model
+    evaluate(
+        args.dataset,
+        model,
+        args.out,
+        split=args.split,
+        labels_csv=args.labels_out,
+        save_fields=args.save_fields,
+        optimize_steps=args.optimize_steps,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``eoir`` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -280,13 +348,59 @@ def build_parser() -> argparse.ArgumentParser:
     jac.add_argument("--out", help="output: the Jacobian determinant map")
     jac.add_argument("--overwrite", action="store_true", help="replace an existing output")
     jac.set_defaults(func=_run_jacobian)
+
+    tr = commands.add_parser(
+        "train",
+        help="train an EOIR model on a dataset (Learn2Reg dataset.json or a folder)",
+        description="Train with the multi-level loss (Dice supervision when label maps exist). "
+        "RUN_DIR receives config.yaml, last.pt, best.pt, metrics.csv and TensorBoard scalars. "
+        "Several processes: --nproc N, or torchrun --nproc_per_node N -m eoir train ...",
+    )
+    tr.add_argument("--dataset", required=True, help="dataset.json or a folder of images")
+    tr.add_argument("--out", required=True, help="run folder")
+    tr.add_argument("--recipe", help="a shipped recipe: abdomen-ct, oasis, lumir, acdc, cpu-brain")
+    tr.add_argument("--config", help="your own YAML config (any subset of the keys)")
+    tr.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one key, e.g. --set optim.lr=2e-4 (repeatable)",
+    )
+    tr.add_argument("--max-steps", type=int, help="stop after N optimizer steps in all")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.add_argument("--overwrite", action="store_true", help="replace a run in --out")
+    tr.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    tr.add_argument("--nproc", type=int, default=1, help="processes (DDP, gloo/nccl)")
+    tr.set_defaults(func=_run_train)
+
+    ev = commands.add_parser(
+        "evaluate",
+        help="register and score every pair of a dataset split",
+        description="Register each validation (or test) pair at full resolution and write one "
+        "row per pair (Dice, Dice per label group, HD95, %|J|<=0, SDlogJ, seconds) and Dice per "
+        "label to a second CSV; prints mean +- sd.",
+    )
+    ev.add_argument("--dataset", required=True, help="dataset.json or a folder of images")
+    ev.add_argument("--model", required=True, help="checkpoint, or 'none' for no registration")
+    ev.add_argument("--split", choices=("val", "test"), default="val")
+    ev.add_argument("--out", required=True, help="results CSV (one row per pair)")
+    ev.add_argument("--labels-out", help="Dice per label CSV (default: OUT_labels.csv)")
+    ev.add_argument("--save-fields", help="folder for Learn2Reg displacement files")
+    ev.add_argument("--optimize-steps", type=int, default=0, help="instance optimisation steps")
+    ev.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ev.add_argument("--nproc", type=int, default=1, help="processes sharing the pairs")
+    ev.add_argument("--overwrite", action="store_true", help="replace existing CSVs")
+    ev.set_defaults(func=_run_evaluate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``eoir`` command; returns the process exit code."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.command is None:
         parser.print_help()
         return 0
