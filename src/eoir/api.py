@@ -27,7 +27,14 @@ from eoir.preprocess import PRESETS, affine_align, check_finite, is_constant, no
 from eoir.resample import to_fixed_grid, total_field, warp_image
 from eoir.spatial import resize_field
 
-__all__ = ["DEFAULT_OPTIMIZE_STEPS", "RegistrationResult", "as_image", "register", "resolve_device"]
+__all__ = [
+    "DEFAULT_OPTIMIZE_STEPS",
+    "RegistrationResult",
+    "as_image",
+    "dice_before_after",
+    "register",
+    "resolve_device",
+]
 
 DEFAULT_OPTIMIZE_STEPS = 150  # used when no model is given (no pretrained model ships yet)
 

@@ -338,6 +338,7 @@ class PairDataset(torch.utils.data.Dataset):
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def __len__(self) -> int:
+        # StepPairs is indexed by global step without end: the DataLoader's sampler bounds it
         return len(self.pairs) if isinstance(self.pairs, list) else 2**62
 
     def _resize(self, x: torch.Tensor, mode: str) -> torch.Tensor:
