@@ -94,6 +94,13 @@ def _check_field(disp: torch.Tensor, spatial: Sequence[int] | None = None) -> in
     return ndim
 
 
+def _check_options(mode: str, padding: str) -> None:
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+    if padding not in _PADDINGS:
+        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+
+
 def _grid_sample_grid(positions: torch.Tensor, source_shape: Sequence[int]) -> torch.Tensor:
     """Turn voxel positions ``(B, ndim, *grid)`` into grid_sample's normalised grid.
 
@@ -143,10 +150,7 @@ def sample(
             f"positions must be (B, {ndim}, *spatial) for a {ndim}D image, "
             f"got {tuple(positions.shape)}"
         )
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
-    if padding not in _PADDINGS:
-        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    _check_options(mode, padding)
     grid = _grid_sample_grid(positions.to(image.dtype), image.shape[2:])
     return F.grid_sample(image, grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
 
@@ -207,10 +211,7 @@ def warp(
             f"image {tuple(image.shape)} must be (B, C, *spatial) on the field's grid "
             f"{tuple(disp.shape[2:])}"
         )
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
-    if padding not in _PADDINGS:
-        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    _check_options(mode, padding)
     if disp.shape[0] != image.shape[0]:
         if disp.shape[0] == 1:
             disp = disp.expand(image.shape[0], *disp.shape[1:])
@@ -248,8 +249,7 @@ def integrate(velocity: torch.Tensor, steps: int = 7, padding: str = "zeros") ->
     _check_field(velocity)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    if padding not in _PADDINGS:
-        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    _check_options("bilinear", padding)
     disp = velocity / (2.0**steps)
     for _ in range(steps):
         disp = disp + _resample(disp, disp, "bilinear", padding)
@@ -278,8 +278,7 @@ def compose(first: torch.Tensor, second: torch.Tensor, padding: str = "zeros") -
     """
     _check_field(first)
     _check_field(second, first.shape[2:])
-    if padding not in _PADDINGS:
-        raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    _check_options("bilinear", padding)
     return second + _resample(first, second, "bilinear", padding)
 
 
