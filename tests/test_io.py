@@ -260,3 +260,13 @@ def test_dicom_series_folder_reads_with_geometry(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no DICOM series"):
         read_image(tmp_path / "empty")
+
+
+def test_big_endian_nifti_reads_in_native_byte_order():
+    from eoir.demo import SCAN  # nibabel's example scan is stored big-endian (>i2)
+
+    assert nib.load(str(SCAN)).get_data_dtype().byteorder == ">"
+    image = read_image(SCAN)
+    assert image.array.dtype.isnative and image.array.dtype == np.int16
+    np.testing.assert_array_equal(image.array, np.asanyarray(nib.load(str(SCAN)).dataobj))
+    torch.from_numpy(image.array)  # torch takes it

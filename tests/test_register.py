@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -376,3 +377,56 @@ def test_register_with_a_checkpoint(pair, tmp_path):
     result = run(*common[:-1], tmp_path / "wrong.pt", "--field", tmp_path / "e.nii.gz")
     assert result.returncode == 2 and "does not match its config" in result.stderr
     assert not (tmp_path / "d.nii.gz").exists() and not (tmp_path / "e.nii.gz").exists()
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_demo_writes_every_file(tmp_path):
+    out = tmp_path / "demo"
+    result = run("demo", "--out", out)
+    assert result.returncode == 0, result.stderr
+    for name in ("fixed.nii.gz", "moving.nii.gz", "warped.nii.gz", "field.nii.gz", "figure.png"):
+        assert (out / name).is_file(), name
+    width, height = _png_size(out / "figure.png")
+    assert 1000 <= width <= 4000 and 500 <= height <= 3000
+    found = re.findall(r"([\d.]+) mm before, ([\d.]+) mm after", result.stdout)
+    before, after = (float(v) for v in found[0])
+    assert after < 0.6 * before  # the known deformation is largely recovered
+    assert run("demo", "--out", out).returncode == 0  # an earlier demo's folder is reused
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    refused = run("demo", "--out", tmp_path / "mine")
+    assert refused.returncode == 2 and "holds other files" in refused.stderr
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+def test_register_figure(pair, tmp_path):
+    figure = tmp_path / "fig.png"
+    result = run(
+        "register",
+        "--fixed",
+        pair["fixed"],
+        "--moving",
+        pair["moving"],
+        "--figure",
+        figure,
+        "--optimize-steps",
+        "3",
+    )
+    assert result.returncode == 0, result.stderr
+    width, height = _png_size(figure)
+    assert width >= 1000 and height >= 500
+    bad = run(
+        "register",
+        "--fixed",
+        pair["fixed"],
+        "--moving",
+        pair["moving"],
+        "--figure",
+        tmp_path / "fig.jpg",
+    )
+    assert bad.returncode == 2 and "must end in .png" in bad.stderr

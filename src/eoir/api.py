@@ -113,6 +113,26 @@ class RegistrationResult:
             )
         return warp_image(image, self.fixed, self.disp, mode="nearest")
 
+    def figure(self, path: str | os.PathLike, title: str | None = None) -> None:
+        """Write the registration figure (:func:`eoir.figure.registration_figure`) as a PNG.
+
+        Images share the fixed image's robust intensity range (suits same-modality pairs);
+        "moving" is the moving image mapped onto the fixed grid by geometry alone.
+        """
+        from eoir.figure import registration_figure
+
+        identity = torch.zeros_like(self.disp)
+        before = warp_image(self.moving, self.fixed, identity).astype(np.float32)
+        registration_figure(
+            path,
+            self.fixed.array,
+            before,
+            self.warped().astype(np.float32),
+            self.disp,
+            self.fixed.spacing,
+            title,
+        )
+
     def jacobian_stats(self) -> dict[str, float]:
         """Folding and smoothness of the total field (see :func:`eoir.metrics.jacobian_stats`)."""
         return jacobian_stats(self.disp)

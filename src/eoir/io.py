@@ -57,7 +57,7 @@ class Image:
     Attributes
     ----------
     array : numpy.ndarray
-        ``(X, Y, Z)`` voxel values in their stored dtype, voxel-index order.
+        ``(X, Y, Z)`` voxel values in their stored dtype (native byte order), voxel-index order.
     affine : numpy.ndarray
         ``(4, 4)`` voxel index -> RAS world (mm).
     path : str, optional
@@ -176,6 +176,8 @@ def read_image(path: str | os.PathLike, what: str = "image") -> Image:
         raise InputError(f"{p}: {what} has shape {array.shape}; every axis needs 2 or more voxels")
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise InputError(f"{p}: {what} has voxel type {array.dtype}; a real scalar type is needed")
+    if not array.dtype.isnative:  # e.g. big-endian NIfTI: torch takes native byte order only
+        array = array.astype(array.dtype.newbyteorder("="))
     return Image(array=array, affine=affine, path=str(p), header=header)
 
 
