@@ -273,8 +273,8 @@ def register(
     if net is not None and optimize_target == "weights" and steps > 0:
         disp = finetune_network(net, moving_t, fixed_t, steps, **(optimize_options or {}))
     elif net is not None:
-        with torch.inference_mode():
-            disp = net(moving_t, fixed_t).clone()
+        with torch.no_grad():  # not inference_mode: the field may seed an optimisation
+            disp = net(moving_t, fixed_t)
     if steps > 0 and optimize_target == "field":
         disp = optimise_field(moving_t, fixed_t, init=disp, steps=steps, **(optimize_options or {}))
     if disp is None:

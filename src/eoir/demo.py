@@ -88,7 +88,11 @@ def demo(
     true = known_deformation(fixed.shape, amplitude, seed)
     moving = type(fixed)(warp_image(fixed, fixed, true), fixed.affine, str(SCAN), fixed.header)
     began = time.perf_counter()
-    result = register(fixed, moving, optimize_steps=optimize_steps)
+    # the scan is tiny (33x41x25): optimise at 1/2 and full resolution rather than the default
+    # 1/4 and 1/2 (measured: 0.71 vs 1.52 mm mean error after, 150 steps)
+    result = register(
+        fixed, moving, optimize_steps=optimize_steps, optimize_options={"factors": (2, 1)}
+    )
     seconds = time.perf_counter() - began
     spacing = torch.tensor(fixed.spacing).view(1, 3, 1, 1, 1)
     head = torch.from_numpy(fixed.array.astype(np.float32) > 0.1 * float(fixed.array.max()))

@@ -25,7 +25,7 @@ from eoir.data import Subject, load_dataset
 from eoir.errors import InputError
 from eoir.io import OutputSet, read_image
 from eoir.metrics import dice_per_label, evaluation_labels, hd95
-from eoir.train import distributed
+from eoir.train import distributed, finish_distributed
 
 __all__ = ["evaluate", "l2r_field_name"]
 
@@ -177,6 +177,7 @@ def evaluate(
         rows = [r for part in gathered for r in part[0]]
         label_rows = [r for part in gathered for r in part[1]]
     if rank != 0:
+        finish_distributed()
         return rows
     with outputs:
         for path, table in ((out_csv, rows), (labels_csv, label_rows)):
@@ -190,4 +191,5 @@ def evaluate(
     for column in columns:
         values = np.array([r[column] for r in rows], dtype=float)
         echo(f"  {column:>18}: {np.nanmean(values):.4f} +- {np.nanstd(values):.4f}")
+    finish_distributed()
     return rows

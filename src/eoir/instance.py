@@ -5,8 +5,8 @@ design.md: on a real brain pair this reached Dice 0.50 in 82 s where fine-tuning
 weights stalled at 0.29 in 447 s). The refinement is a stationary velocity field ``v``,
 integrated by scaling and squaring (so it stays diffeomorphic), composed onto the starting field
 ``u0`` (the network's prediction, or zero): ``disp = compose(u0, exp(v))``. It runs coarse to
-fine: the images at 1/4 then 1/2 resolution (1/2 then full for small images), ``v`` on a grid
-half as fine as the images, each stage starting from the previous one's ``v``; loss = windowed
+fine: the images at 1/4 then 1/2 resolution (by default), ``v`` on a grid half as fine as the
+images, each stage starting from the previous one's ``v``; loss = windowed
 NCC + ``weight`` x diffusion (mean squared forward difference of ``v``, voxels of the stage
 grid).
 """
@@ -23,7 +23,7 @@ from eoir.losses import gradient_loss, mind_loss, mse_loss, multilevel_loss, ncc
 from eoir.model import EOIR
 from eoir.spatial import compose, integrate, resize_field, warp
 
-__all__ = ["default_factors", "finetune_network", "optimise_field"]
+__all__ = ["finetune_network", "optimise_field"]
 
 
 def _resize_image(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -37,17 +37,12 @@ def _shape(shape: Sequence[int], factor: float) -> tuple[int, ...]:
     return tuple(max(min(n, 8), round((n - 1) / factor) + 1) for n in shape)
 
 
-def default_factors(shape: Sequence[int]) -> tuple[int, int]:
-    """Coarse-to-fine stage factors for an image of ``shape``: (4, 2), or (2, 1) if small."""
-    return (4, 2) if min(shape) >= 96 else (2, 1)
-
-
 def optimise_field(
     moving: torch.Tensor,
     fixed: torch.Tensor,
     init: torch.Tensor | None = None,
     steps: int = 150,
-    factors: Sequence[int] | None = None,
+    factors: Sequence[int] = (4, 2),
     lr: float = 0.1,
     weight: float = 1.0,
     window: int = 5,
@@ -65,10 +60,10 @@ def optimise_field(
         ``(1, 3, *spatial)`` starting displacement (fixed voxels); zero if None.
     steps : int
         Adam steps in all, split evenly over the stages. 0 returns ``init``.
-    factors : sequence of int, optional
-        Downsampling factor of the images in each stage, coarse to fine. Default
-        (:func:`default_factors`): ``(4, 2)``, or ``(2, 1)`` for images whose smallest axis has
-        fewer than 96 voxels (the finest stage keeps at least 48).
+    factors : sequence of int
+        Downsampling factor of the images in each stage, coarse to fine. For very small images
+        (tens of voxels per axis) ``(2, 1)`` can do better on textured anatomy (the demo) and
+        worse on smooth images (tests/test_register.py's blobs).
     lr : float
         Adam learning rate (voxels of the velocity grid per step).
     weight : float
@@ -90,7 +85,6 @@ def optimise_field(
     if moving.shape != fixed.shape or moving.dim() != 5:
         raise ValueError(f"need two (1, 1, X, Y, Z) images, got {moving.shape} and {fixed.shape}")
     shape = tuple(fixed.shape[2:])
-    factors = default_factors(shape) if factors is None else tuple(factors)
     if init is None:
         init = fixed.new_zeros(1, 3, *shape)
     if steps <= 0:

@@ -38,7 +38,7 @@ from eoir.metrics import mean_dice
 from eoir.model import EOIR
 from eoir.spatial import warp
 
-__all__ = ["RUN_FILES", "distributed", "train", "validation_score"]
+__all__ = ["RUN_FILES", "distributed", "finish_distributed", "train", "validation_score"]
 
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.csv", "tensorboard")
 CSV_FIELDS = ["step", "epoch", "loss", "similarity", "smoothness", "dice", "lr", "val", "seconds"]
@@ -55,6 +55,14 @@ def distributed(device: str | torch.device) -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def finish_distributed() -> None:
+    """Wait for every rank, then leave the process group (a process that exits with a live
+    gloo group aborts)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _rng_state() -> dict[str, Any]:
@@ -271,6 +279,7 @@ def train(
         echo(f"resuming {out} at step {start} of {total}")
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if start >= total:
+        finish_distributed()
         return {"step": start, "best": best if math.isfinite(best) else None, "seconds": 0.0}
 
     train_data = PairDataset(
@@ -357,6 +366,7 @@ def train(
                 dist.barrier()
     finally:
         log.close()
+    finish_distributed()
     best_or_none = best if math.isfinite(best) else None
     return {"step": step, "best": best_or_none, "seconds": time.perf_counter() - began}
 
