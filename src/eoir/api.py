@@ -121,8 +121,7 @@ class RegistrationResult:
         """
         from eoir.figure import registration_figure
 
-        identity = torch.zeros_like(self.disp)
-        before = warp_image(self.moving, self.fixed, identity).astype(np.float32)
+        before = warp_image(self.moving, self.fixed).astype(np.float32)
         registration_figure(
             path,
             self.fixed.array,
@@ -160,16 +159,33 @@ class RegistrationResult:
         overwrite : bool
             Replace existing files.
         """
+        with OutputSet([warped, field, warped_labels], overwrite=overwrite) as outputs:
+            self.write(outputs, warped, field, field_format, labels, warped_labels)
+
+    def write(
+        self,
+        outputs: OutputSet,
+        warped: str | os.PathLike | None = None,
+        field: str | os.PathLike | None = None,
+        field_format: str = "itk",
+        labels: ImageLike | None = None,
+        warped_labels: str | os.PathLike | None = None,
+        figure: str | os.PathLike | None = None,
+        title: str | None = None,
+    ) -> None:
+        """Write outputs into an :class:`eoir.io.OutputSet` that declared them (see
+        :meth:`save`; ``figure`` is a PNG path, see :meth:`figure`)."""
         if (labels is None) != (warped_labels is None):
             raise InputError("--moving-labels and --warped-labels go together")
-        with OutputSet([warped, field, warped_labels], overwrite=overwrite) as outputs:
-            label_array = self.warp_labels(labels) if labels is not None else None
-            if warped is not None:
-                outputs.write_image(warped, self.warped(), self.fixed)
-            if field is not None:
-                outputs.write_field(field, self.disp, self.fixed, field_format)
-            if warped_labels is not None:
-                outputs.write_image(warped_labels, label_array, self.fixed)
+        label_array = self.warp_labels(labels) if labels is not None else None
+        if warped is not None:
+            outputs.write_image(warped, self.warped(), self.fixed)
+        if field is not None:
+            outputs.write_field(field, self.disp, self.fixed, field_format)
+        if warped_labels is not None:
+            outputs.write_image(warped_labels, label_array, self.fixed)
+        if figure is not None:
+            self.figure(outputs.temp(figure), title)
 
 
 def register(
@@ -300,8 +316,7 @@ def dice_before_after(
         )
     moving_lab = as_image(moving_labels, result.moving.affine, "moving labels")
     after = result.warp_labels(moving_lab)
-    identity = torch.zeros_like(result.disp)
-    before = warp_image(moving_lab, result.fixed, identity, mode="nearest")
+    before = warp_image(moving_lab, result.fixed, mode="nearest")
     return (
         mean_dice(fixed_lab.array, before, moving_lab.array),
         mean_dice(fixed_lab.array, after, moving_lab.array),

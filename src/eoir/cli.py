@@ -18,7 +18,14 @@ import numpy as np
 from eoir import __version__
 from eoir.complexity import count_multiply_adds, count_parameters
 from eoir.errors import InputError as UsageError
-from eoir.io import FIELD_FORMATS, WRITABLE_SUFFIXES, OutputSet, read_field, read_image
+from eoir.io import (
+    FIELD_FORMATS,
+    WRITABLE_SUFFIXES,
+    OutputSet,
+    check_field_target,
+    read_field,
+    read_image,
+)
 from eoir.metrics import jacobian_stats
 from eoir.model import EOIR
 from eoir.preprocess import PRESETS
@@ -91,12 +98,8 @@ def _run_register(args: argparse.Namespace) -> int:
         args.overwrite,
         suffixes=(*WRITABLE_SUFFIXES, ".json", ".png"),
     )
-    if (
-        args.field is not None
-        and args.field_format == "l2r"
-        and not args.field.endswith((".nii", ".nii.gz"))
-    ):
-        raise UsageError(f"{args.field}: the Learn2Reg field format is NIfTI (.nii.gz)")
+    if args.field is not None:
+        check_field_target(args.field, args.field_format)
     result = register(
         args.fixed,
         args.moving,
@@ -136,16 +139,16 @@ def _run_register(args: argparse.Namespace) -> int:
     for message in result.info["warnings"]:
         print(f"eoir register: warning: {message}", file=sys.stderr)
     with outputs:
-        if args.warped is not None:
-            outputs.write_image(args.warped, result.warped(), result.fixed)
-        if args.field is not None:
-            outputs.write_field(args.field, result.disp, result.fixed, args.field_format)
-        if args.warped_labels is not None:
-            outputs.write_image(
-                args.warped_labels, result.warp_labels(args.moving_labels), result.fixed
-            )
-        if args.figure is not None:
-            result.figure(outputs.temp(args.figure), title=f"{args.moving} -> {args.fixed}")
+        result.write(
+            outputs,
+            args.warped,
+            args.field,
+            args.field_format,
+            args.moving_labels,
+            args.warped_labels,
+            args.figure,
+            title=f"{args.moving} -> {args.fixed}",
+        )
         if args.json_path is not None:
             outputs.temp(args.json_path).write_text(json.dumps(summary, indent=2) + "\n")
     how = "affine + " if args.affine else ""

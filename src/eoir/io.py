@@ -38,6 +38,7 @@ __all__ = [
     "Image",
     "OutputSet",
     "as_sitk_image",
+    "check_field_target",
     "read_field",
     "read_image",
     "read_landmarks",
@@ -184,6 +185,14 @@ def read_image(path: str | os.PathLike, what: str = "image") -> Image:
 # --- atomic outputs ----------------------------------------------------------------------------
 
 
+def check_field_target(target: str | os.PathLike, fmt: str) -> None:
+    """Raise :class:`InputError` if ``target`` cannot hold a field of format ``fmt``."""
+    if fmt not in FIELD_FORMATS:
+        raise ValueError(f"field format must be one of {FIELD_FORMATS}, got {fmt!r}")
+    if fmt == "l2r" and _suffix(target) not in NIFTI_SUFFIXES:
+        raise InputError(f"{target}: the Learn2Reg field format is NIfTI (.nii.gz)")
+
+
 class OutputSet:
     """Write several outputs so that either all appear or none does.
 
@@ -290,15 +299,12 @@ class OutputSet:
         fmt : {"itk", "l2r"}
             ITK/ANTs world field (LPS mm) or Learn2Reg voxel field.
         """
-        if fmt not in FIELD_FORMATS:
-            raise ValueError(f"field format must be one of {FIELD_FORMATS}, got {fmt!r}")
         d = torch.as_tensor(disp).detach().cpu().double()
         if d.dim() == 4:
             d = d.unsqueeze(0)
         if tuple(d.shape[1:]) != (3, *reference.shape):
             raise ValueError(f"field {tuple(d.shape)} is not a 3-D field on grid {reference.shape}")
-        if fmt == "l2r" and _suffix(target) not in NIFTI_SUFFIXES:
-            raise InputError(f"{target}: the Learn2Reg field format is NIfTI (.nii.gz)")
+        check_field_target(target, fmt)
         path = self.temp(target)
         if fmt == "l2r":
             data = d[0].permute(1, 2, 3, 0).numpy().astype(np.float32)

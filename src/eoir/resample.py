@@ -108,7 +108,7 @@ def to_fixed_grid(
 def warp_image(
     moving: Image,
     fixed: Image,
-    disp: torch.Tensor,
+    disp: torch.Tensor | None = None,
     mode: str = "bilinear",
 ) -> np.ndarray:
     """Warp an original moving image (or label map) onto the fixed grid, keeping its dtype.
@@ -119,8 +119,9 @@ def warp_image(
         The image as read (any grid, any dtype).
     fixed : Image
         The fixed grid.
-    disp : torch.Tensor
-        ``(1, 3, *fixed.shape)`` total displacement in fixed voxels (affine part included).
+    disp : torch.Tensor, optional
+        ``(1, 3, *fixed.shape)`` total displacement in fixed voxels (affine part included);
+        None maps the image by geometry alone (before any registration).
     mode : {"bilinear", "nearest"}
         Linear for intensities, nearest for label maps (values are kept exactly).
 
