@@ -17,7 +17,7 @@ from eoir import __version__
 from eoir.errors import InputError, reason
 from eoir.model import EOIR
 
-__all__ = ["load_model", "read_checkpoint", "save_model"]
+__all__ = ["load_checkpoint", "load_model", "read_checkpoint", "save_model"]
 
 FORMAT = "eoir-checkpoint"
 
@@ -61,8 +61,18 @@ def load_model(source: str | os.PathLike | EOIR, device: str | torch.device = "c
     """
     if isinstance(source, EOIR):
         return source.to(device).eval()
-    state = read_checkpoint(source)
-    return _build(state, Path(source)).to(device).eval()
+    return load_checkpoint(source, device)[0]
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[EOIR, dict[str, Any]]:
+    """The model (eval mode, on ``device``) and the entries of a checkpoint, read once.
+
+    See :func:`read_checkpoint` for the entries and the errors.
+    """
+    state, model = _read(Path(path))
+    return model.to(device).eval(), state
 
 
 def _build(state: dict[str, Any], path: Path) -> EOIR:
@@ -93,7 +103,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     InputError
         Missing, unreadable, not eoir's, or weights that do not fit the config.
     """
-    path = Path(path)
+    return _read(Path(path))[0]
+
+
+def _read(path: Path) -> tuple[dict[str, Any], EOIR]:
+    """Read, check and build a checkpoint (building is the check that weights fit)."""
     if not path.is_file():
         raise InputError(f"{path}: model checkpoint not found")
     try:
@@ -102,5 +116,4 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"{path}: not a readable checkpoint ({reason(err)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"{path}: not an eoir checkpoint (no eoir format tag)")
-    _build(state, path)
-    return state
+    return state, _build(state, path)

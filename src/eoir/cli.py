@@ -26,7 +26,7 @@ from eoir.io import (
     read_field,
     read_image,
 )
-from eoir.metrics import jacobian_stats
+from eoir.metrics import determinant_stats
 from eoir.model import EOIR
 from eoir.preprocess import PRESETS
 from eoir.resample import warp_image
@@ -179,15 +179,15 @@ def _run_apply(args: argparse.Namespace) -> int:
 def _run_jacobian(args: argparse.Namespace) -> int:
     outputs = OutputSet([args.out], args.overwrite)
     disp, grid = read_field(args.field)
-    stats = jacobian_stats(disp)
+    det = jacobian_determinant(disp.double())[0]
+    stats = determinant_stats(det)
     print(
         f"{args.field}: folding {stats['folding_percent']:.4f} % of voxels (|J| <= 0), "
         f"SDlogJ {stats['sdlogj']:.4f} (log(J+3), Learn2Reg), std log J {stats['std_log_j']:.4f}"
     )
     if args.out is not None:
-        det = jacobian_determinant(disp.double())[0].numpy().astype(np.float32)
         with outputs:
-            outputs.write_image(args.out, det, grid)
+            outputs.write_image(args.out, det.numpy().astype(np.float32), grid)
     return 0
 
 

@@ -20,11 +20,11 @@ import numpy as np
 import torch.distributed as dist
 
 from eoir.api import register, resolve_device
-from eoir.checkpoint import load_model, read_checkpoint
+from eoir.checkpoint import load_checkpoint
 from eoir.data import Subject, load_dataset
 from eoir.errors import InputError
 from eoir.io import OutputSet, read_image
-from eoir.metrics import dice_per_label, evaluation_labels, hd95
+from eoir.metrics import dice_per_label, evaluation_labels, mean_hd95
 from eoir.train import distributed, finish_distributed
 
 __all__ = ["evaluate", "l2r_field_name"]
@@ -56,13 +56,7 @@ def _score(
     for group in sorted(set(names.values())):
         values = [d for label, d in per_label.items() if names.get(label) == group]
         row[f"dice_{group}"] = float(np.mean(values)) if values else float("nan")
-    distances = []
-    for label in chosen:
-        target = warped == label
-        if not target.any():  # vanished: score the unwarped moving mask (method's convention)
-            target = moving_labels == label
-        distances.append(hd95(fixed_labels == label, target, spacing))
-    row["hd95"] = float(np.mean(distances)) if distances else float("nan")
+    row["hd95"] = mean_hd95(fixed_labels, warped, moving_labels, spacing, chosen)
     return row, per_label
 
 
@@ -122,10 +116,10 @@ def evaluate(
     preset, downsample = "mri", 1
     net = None
     if model is not None:
-        run = read_checkpoint(model).get("run_config") or {}
+        net, state = load_checkpoint(model, resolve_device(device))
+        run = state.get("run_config") or {}
         preset = run.get("data", {}).get("preset", preset)
         downsample = int(run.get("data", {}).get("downsample", downsample))
-        net = load_model(model, resolve_device(device))
     fields_dir = Path(save_fields) if save_fields else None
     if fields_dir is not None:
         fields_dir.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from scipy import ndimage
 from eoir.spatial import jacobian_determinant, sample_at_points, voxel_to_world, world_to_voxel
 
 __all__ = [
+    "determinant_stats",
     "dice_per_label",
     "evaluation_labels",
     "hd95",
@@ -278,8 +279,11 @@ def jacobian_stats(
         raise ValueError(
             f"disp must be (ndim, *spatial) or (1, ndim, *spatial), got {tuple(np.shape(disp))}"
         )
-    d = d.unsqueeze(0)
-    jac = jacobian_determinant(d.double(), spacing)[0]
+    return determinant_stats(jacobian_determinant(d.unsqueeze(0).double(), spacing)[0])
+
+
+def determinant_stats(jac: torch.Tensor) -> dict[str, float]:
+    """:func:`jacobian_stats` from a Jacobian determinant map ``(*spatial)`` already computed."""
     folding = 100.0 * float((jac <= 0).double().mean())
     crop = jac[tuple(slice(2, -2) if n > 4 else slice(None) for n in jac.shape)]
     sdlogj = float(torch.log((crop + 3.0).clamp(1e-9, 1e9)).std(unbiased=False))
