@@ -114,11 +114,16 @@ def _grid_sample_grid(positions: torch.Tensor, source_shape: Sequence[int]) -> t
     return (positions * scale - 1.0).movedim(1, -1).flip(-1)
 
 
+def _sample(image: torch.Tensor, positions: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
+    """:func:`sample` without checks."""
+    grid = _grid_sample_grid(positions.to(image.dtype), image.shape[2:])
+    return F.grid_sample(image, grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
+
+
 def _resample(image: torch.Tensor, disp: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
     """:func:`warp` without checks, for callers that validated their inputs (the hot loops)."""
     positions = identity_grid(disp.shape[2:], disp.device, disp.dtype) + disp
-    grid = _grid_sample_grid(positions, image.shape[2:])
-    return F.grid_sample(image, grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
+    return _sample(image, positions, mode, padding)
 
 
 def sample(
@@ -151,8 +156,7 @@ def sample(
             f"got {tuple(positions.shape)}"
         )
     _check_options(mode, padding)
-    grid = _grid_sample_grid(positions.to(image.dtype), image.shape[2:])
-    return F.grid_sample(image, grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
+    return _sample(image, positions, mode, padding)
 
 
 def transform_positions(matrix: np.ndarray | torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -583,6 +587,5 @@ def sample_at_points(field: torch.Tensor, points: np.ndarray | torch.Tensor) -> 
         raise ValueError(f"points must be (N, {ndim}), got {tuple(pts.shape)}")
     # the points as a (1, ndim, N, 1[, 1]) grid of positions
     positions = pts.T.reshape(1, ndim, pts.shape[0], *([1] * (ndim - 1)))
-    grid = _grid_sample_grid(positions, field.shape[2:])
-    out = F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    out = _sample(field, positions, "bilinear", "border")
     return out.reshape(field.shape[1], pts.shape[0]).T
