@@ -148,3 +148,30 @@ def test_rejects_bad_inputs():
         EOIR(ndim=4)
     with pytest.raises(ValueError, match="composition"):
         EOIR(composition="multiply")
+
+
+def test_slab_estimation_equals_the_whole_volume():
+    torch.manual_seed(0)
+    model = EOIR(width=4, levels=3).eval()
+    moving, fixed = torch.rand(1, 1, 37, 20, 18), torch.rand(1, 1, 37, 20, 18)
+    with torch.inference_mode():
+        model.slab_above = 0
+        whole = model(moving, fixed)
+        model.slab_above = 1  # every level over slabs of 32 planes (40 padded planes: 2 slabs)
+        slabs = model(moving, fixed)
+        estimator = model.estimators[0]
+        f, m = torch.rand(1, 4, 23, 9, 7), torch.rand(1, 4, 23, 9, 7)
+        direct = estimator(f, m)
+        for slab in (1, 4, 5, 22):
+            assert (estimator(f, m, slab) - direct).abs().max() < 1e-5
+    assert (slabs - whole).abs().max() < 1e-5
+
+
+def test_eval_pass_encodes_images_one_at_a_time_with_the_same_result():
+    torch.manual_seed(1)
+    model = EOIR(width=4, levels=3)
+    moving, fixed = torch.rand(1, 1, 24, 20, 16), torch.rand(1, 1, 24, 20, 16)
+    with torch.no_grad():
+        batched = model.train()(moving, fixed).disp
+        single = model.eval()(moving, fixed)
+    assert (batched - single).abs().max() < 1e-5

@@ -70,6 +70,8 @@ def test_cli_register_writes_every_output(pair, tmp_path):
         pair["fl"],
         "--json",
         tmp_path / "s.json",
+        "--model",
+        "none",
         "--optimize-steps",
         "40",
     )
@@ -343,7 +345,7 @@ def test_register_with_a_checkpoint(pair, tmp_path):
         checkpoint,
     ]
     result = run(*common, "--field", tmp_path / "a.nii.gz")
-    assert result.returncode == 0 and "(model)" in result.stdout, result.stderr
+    assert result.returncode == 0 and f"(model {checkpoint})" in result.stdout, result.stderr
     result = run(*common, "--field", tmp_path / "b.nii.gz", "--optimize-steps", "4")
     assert result.returncode == 0 and "4 optimisation steps" in result.stdout, result.stderr
     result = run(
@@ -367,6 +369,8 @@ def test_register_with_a_checkpoint(pair, tmp_path):
         pair["moving"],
         "--optimize-target",
         "weights",
+        "--model",
+        "none",
         "--field",
         tmp_path / "d.nii.gz",
     )

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import shared_dataset, write_l2r_dataset
-from eoir.checkpoint import read_checkpoint
+from eoir.checkpoint import build_model, read_checkpoint
 from eoir.config import load_config
 from eoir.data import PairDataset, epoch_pairs, load_dataset
 from eoir.errors import InputError
@@ -79,11 +79,12 @@ def test_a_few_steps_lower_the_loss(dataset, tmp_path):
     config = load_config("cpu-brain", overrides=TINY)
     spec = load_dataset(dataset)
     torch.manual_seed(0)
-    before = _mean_loss(EOIR(**config["model"]), spec)  # the run's initial weights (seed 0)
+    initial = build_model(config["model"], strict=False)  # the run's initial weights (seed 0)
+    before = _mean_loss(initial, spec)
     result = train(dataset, tmp_path / "run", config, max_steps=30, echo=lambda _: None)
     assert result["step"] == 30
     state = read_checkpoint(tmp_path / "run" / "last.pt")
-    trained = EOIR(**state["config"])
+    trained = build_model(state["config"])
     trained.load_state_dict(state["model"])
     after = _mean_loss(trained, spec)
     assert after < before - 0.02, (before, after)
@@ -290,7 +291,8 @@ def test_short_cpu_training_on_oasis_beats_the_untrained_model(tmp_path):
     subjects = [s for pair in spec.val[:2] for s in pair]
     val = PairDataset(subjects, [(0, 1), (2, 3)], "mri", config["data"]["downsample"])
     torch.manual_seed(0)
-    untrained = validation_score(EOIR(**config["model"]), val, torch.device("cpu"))
+    initial = build_model(config["model"], strict=False)
+    untrained = validation_score(initial, val, torch.device("cpu"))
     result = train(data, tmp_path / "run", config, max_steps=40, echo=lambda _: None)
     print(
         f"OASIS 2 val pairs at 1/4 resolution: Dice untrained {untrained:.3f} -> "

@@ -22,13 +22,13 @@ from eoir.errors import InputError
 from eoir.instance import finetune_network, optimise_field
 from eoir.io import Image, OutputSet, read_image
 from eoir.metrics import jacobian_stats, mean_dice
-from eoir.model import EOIR
 from eoir.preprocess import PRESETS, affine_align, check_finite, is_constant, normalise
 from eoir.resample import to_fixed_grid, total_field, warp_image
 from eoir.spatial import resize_field
 
 __all__ = [
     "DEFAULT_OPTIMIZE_STEPS",
+    "PRECISIONS",
     "RegistrationResult",
     "as_image",
     "dice_before_after",
@@ -36,7 +36,8 @@ __all__ = [
     "resolve_device",
 ]
 
-DEFAULT_OPTIMIZE_STEPS = 150  # used when no model is given (no pretrained model ships yet)
+DEFAULT_OPTIMIZE_STEPS = 150  # used when no model is given
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 ImageLike = Image | str | os.PathLike | np.ndarray
 
@@ -194,14 +195,15 @@ def register(
     *,
     fixed_affine: np.ndarray | None = None,
     moving_affine: np.ndarray | None = None,
-    model: EOIR | str | os.PathLike | None = None,
+    model: torch.nn.Module | str | os.PathLike | None = None,
     optimize_steps: int | None = None,
     optimize_target: str = "field",
     affine: bool = False,
     preset: str = "mri",
-    downsample: int = 1,
+    downsample: int | None = None,
     device: str | torch.device = "cpu",
     optimize_options: dict[str, Any] | None = None,
+    precision: str = "float32",
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed``.
 
@@ -211,8 +213,9 @@ def register(
         3-D images. Paths are read with their geometry (NIfTI, formats SimpleITK reads, DICOM
         folders); arrays use ``fixed_affine``/``moving_affine`` (identity if None). The moving
         image may lie on any grid: it is mapped into the fixed grid in world space.
-    model : EOIR or path, optional
-        A network (or checkpoint) predicting the field in one forward pass.
+    model : EOIR, VoxelMorph, path or str, optional
+        A network, a checkpoint, or the name of a shipped model (``"brain-mri"``,
+        :mod:`eoir.pretrained`) predicting the field in one forward pass. None: no network.
     optimize_steps : int, optional
         Instance-optimisation steps refining the field on this pair, starting from the model's
         prediction (or zero). Default: 0 with a model, ``DEFAULT_OPTIMIZE_STEPS`` without.
@@ -223,12 +226,18 @@ def register(
         Align affinely first (SimpleITK, mutual information); the result includes it.
     preset : {"mri", "ct", "lung", "none"}
         Intensity normalisation (internal only; see :func:`eoir.preprocess.normalise`).
-    downsample : int
+    downsample : int, optional
         Register at ``1/downsample`` resolution and upsample the field (faster, coarser).
+        Default: the resolution the model was trained at (2 for ``brain-mri``), else 1.
     device : str or torch.device
         ``"cpu"`` or ``"cuda"``.
     optimize_options : dict, optional
         Extra keyword arguments of :func:`eoir.instance.optimise_field` (lr, weight, ...).
+    precision : {"float32", "bfloat16", "float16"}
+        Arithmetic of the network's convolutions (autocast; fields, warps and integration stay
+        float32). ``bfloat16`` is about 1.7x faster on CPUs with AVX512-BF16 and on GPUs;
+        ``float16`` is for GPUs. On OASIS-TRT-20 the shipped model's fields differ from float32
+        by 0.03 voxels on average and its Dice by less than 0.001 (benchmarks/speed.py).
 
     Returns
     -------
@@ -238,16 +247,22 @@ def register(
     moving_image = as_image(moving, moving_affine, "moving image")
     if preset not in PRESETS:
         raise InputError(f"--preset {preset}: choose one of {', '.join(PRESETS)}")
-    if downsample < 1:
+    if downsample is not None and downsample < 1:
         raise InputError(f"--downsample {downsample}: must be 1 or more")
     if optimize_steps is not None and optimize_steps < 0:
         raise InputError(f"--optimize-steps {optimize_steps}: must be 0 or more")
     if optimize_target not in ("field", "weights"):
         raise InputError(f"--optimize-target {optimize_target}: choose field or weights")
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
     if optimize_target == "weights" and model is None:
         raise InputError("--optimize-target weights fine-tunes a network: give --model")
     dev = resolve_device(device)
+    if precision == "float16" and dev.type != "cuda":
+        raise InputError("--precision float16 is for CUDA devices; use bfloat16 on a CPU")
     net = load_model(model, dev) if model is not None else None
+    if downsample is None:
+        downsample = int(getattr(net, "trained_downsample", 1)) if net is not None else 1
     check_finite(fixed_image, "fixed image")
     check_finite(moving_image, "moving image")
     steps = optimize_steps if optimize_steps is not None else (0 if net else DEFAULT_OPTIMIZE_STEPS)
@@ -258,9 +273,21 @@ def register(
         "optimize_steps": steps,
         "optimize_target": optimize_target,
         "downsample": downsample,
+        "precision": precision,
         "device": str(dev),
         "warnings": [],
     }
+    expected = getattr(net, "expected_spacing", None)
+    if expected is not None and any(
+        abs(s - expected) > 0.25 * expected for s in fixed_image.spacing
+    ):
+        message = (
+            f"the model expects {expected:g} mm voxels; the fixed image has "
+            f"{'x'.join(f'{s:.2f}' for s in fixed_image.spacing)} mm: expect a poorer result "
+            "(resample the images, or add --optimize-steps)"
+        )
+        warnings.warn(message, stacklevel=2)
+        info["warnings"].append(message)
     start = time.perf_counter()
     constant = [
         name
@@ -289,8 +316,11 @@ def register(
     if net is not None and optimize_target == "weights" and steps > 0:
         disp = finetune_network(net, moving_t, fixed_t, steps, **(optimize_options or {}))
     elif net is not None:
-        with torch.no_grad():  # not inference_mode: the field may seed an optimisation
-            disp = net(moving_t, fixed_t)
+        # inference mode unless the field seeds an optimisation (which needs autograd later)
+        context = torch.no_grad() if steps > 0 else torch.inference_mode()
+        dtype = PRECISIONS[precision]
+        with context, torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+            disp = net(moving_t, fixed_t).float()
     if steps > 0 and optimize_target == "field":
         disp = optimise_field(moving_t, fixed_t, init=disp, steps=steps, **(optimize_options or {}))
     if disp is None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from eoir import __version__
 from eoir.complexity import count_multiply_adds, count_parameters
+from eoir.config import recipe_names
 from eoir.errors import InputError as UsageError
 from eoir.io import (
     FIELD_FORMATS,
@@ -80,9 +81,44 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_register_pairs(args: argparse.Namespace) -> int:
+    from eoir.batch import read_pairs, register_pairs
+
+    single = [args.fixed, args.moving, args.warped, args.field, args.figure, args.json_path]
+    if any(v is not None for v in single) or args.moving_labels or args.fixed_labels:
+        raise UsageError("--pairs takes the place of --fixed/--moving and their outputs")
+    if args.out_dir is None:
+        raise UsageError("--pairs needs --out-dir")
+    if args.nproc > 1:
+        return _relaunch(args.nproc, args.argv)
+    if args.model is None:
+        args.model = "brain-mri" if args.preset == "mri" else "none"
+    rows = register_pairs(
+        read_pairs(args.pairs, args.split),
+        args.out_dir,
+        model=None if args.model == "none" else args.model,
+        field_format=args.field_format,
+        overwrite=args.overwrite,
+        device=args.device,
+        optimize_steps=args.optimize_steps,
+        optimize_target=args.optimize_target,
+        affine=args.affine,
+        preset=args.preset,
+        downsample=args.downsample,
+        precision=args.precision,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"registered {len(rows)} pairs into {args.out_dir} (summary.csv)")
+    return 0
+
+
 def _run_register(args: argparse.Namespace) -> int:
     from eoir.api import dice_before_after, register
 
+    if args.pairs is not None:
+        return _run_register_pairs(args)
+    if args.fixed is None or args.moving is None:
+        raise UsageError("give --fixed and --moving (or --pairs FILE --out-dir DIR)")
     if (args.moving_labels is None) != (args.warped_labels is None):
         raise UsageError("--moving-labels and --warped-labels go together")
     if args.json_path is not None and not args.json_path.endswith(".json"):
@@ -100,16 +136,20 @@ def _run_register(args: argparse.Namespace) -> int:
     )
     if args.field is not None:
         check_field_target(args.field, args.field_format)
+    if args.model is None:
+        args.model = "brain-mri" if args.preset == "mri" else "none"
+    model = None if args.model == "none" else args.model
     result = register(
         args.fixed,
         args.moving,
-        model=args.model,
+        model=model,
         optimize_steps=args.optimize_steps,
         optimize_target=args.optimize_target,
         affine=args.affine,
         preset=args.preset,
         downsample=args.downsample,
         device=args.device,
+        precision=args.precision,
     )
     dice = None
     if args.fixed_labels is not None:
@@ -136,8 +176,6 @@ def _run_register(args: argparse.Namespace) -> int:
             "warped_labels": args.warped_labels,
         },
     }
-    for message in result.info["warnings"]:
-        print(f"eoir register: warning: {message}", file=sys.stderr)
     with outputs:
         result.write(
             outputs,
@@ -151,12 +189,14 @@ def _run_register(args: argparse.Namespace) -> int:
         )
         if args.json_path is not None:
             outputs.temp(args.json_path).write_text(json.dumps(summary, indent=2) + "\n")
+    for message in result.info["warnings"]:  # after the outputs: a failure prints one line
+        print(f"eoir register: warning: {message}", file=sys.stderr)
     how = "affine + " if args.affine else ""
-    how += "model" if args.model else ""
+    how += f"model {model}" if model else ""
     steps = result.info["optimize_steps"]
     if steps:
         target = "fine-tuning steps" if args.optimize_target == "weights" else "optimisation steps"
-        how += (" + " if args.model else "") + f"{steps} {target}"
+        how += (" + " if model else "") + f"{steps} {target}"
     line = f"registered {args.moving} -> {args.fixed} in {result.seconds:.1f} s ({how})"
     if dice is not None:
         line += f"; Dice {dice[0]:.3f} -> {dice[1]:.3f}"
@@ -308,8 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
         "image keeps the moving intensities and type. The field maps fixed to moving and "
         "includes the affine part.",
     )
-    reg.add_argument("--fixed", required=True, help="fixed image (or DICOM folder)")
-    reg.add_argument("--moving", required=True, help="moving image (or DICOM folder)")
+    reg.add_argument("--fixed", help="fixed image (or DICOM folder)")
+    reg.add_argument("--moving", help="moving image (or DICOM folder)")
+    reg.add_argument(
+        "--pairs",
+        help="instead of --fixed/--moving: many pairs from a CSV (fixed,moving[,moving_labels]) "
+        "or a Learn2Reg dataset.json (its --split pairs); outputs go to --out-dir",
+    )
+    reg.add_argument("--out-dir", help="with --pairs: folder for each pair's outputs")
+    reg.add_argument("--split", choices=("val", "test"), default="val", help="with --pairs JSON")
+    reg.add_argument("--nproc", type=int, default=1, help="with --pairs: processes sharing them")
     reg.add_argument("--warped", help="output: the moving image warped onto the fixed grid")
     reg.add_argument("--field", help="output: the displacement field")
     reg.add_argument(
@@ -322,7 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--moving-labels", help="a label map on the moving grid to warp")
     reg.add_argument("--warped-labels", help="output: the warped label map (nearest neighbour)")
     reg.add_argument("--fixed-labels", help="fixed label map: report Dice before and after")
-    reg.add_argument("--model", help="checkpoint of a trained EOIR model (none ships yet)")
+    reg.add_argument(
+        "--model",
+        help="a checkpoint, the name of a shipped model, or none (instance optimisation alone); "
+        "default: the shipped brain-mri model with --preset mri, else none",
+    )
     reg.add_argument(
         "--optimize-steps",
         type=int,
@@ -345,9 +397,18 @@ def build_parser() -> argparse.ArgumentParser:
         "lung (HU -1000..200), none (default mri)",
     )
     reg.add_argument(
-        "--downsample", type=int, default=1, help="register at 1/N resolution (default 1)"
+        "--downsample",
+        type=int,
+        help="register at 1/N resolution (default: the model's training resolution, else 1)",
     )
     reg.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    reg.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="network arithmetic: bfloat16 is faster on recent CPUs and GPUs, float16 on GPUs "
+        "(fields and warps stay float32; default float32)",
+    )
     reg.add_argument("--json", dest="json_path", help="output: the summary as JSON")
     reg.add_argument(
         "--figure", help="output: a PNG of middle slices (images, differences, grid, Jacobian)"
@@ -388,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--dataset", required=True, help="dataset.json or a folder of images")
     tr.add_argument("--out", required=True, help="run folder")
-    tr.add_argument("--recipe", help="a shipped recipe: abdomen-ct, oasis, lumir, acdc, cpu-brain")
+    tr.add_argument("--recipe", help="a shipped recipe: " + ", ".join(recipe_names()))
     tr.add_argument("--config", help="your own YAML config (any subset of the keys)")
     tr.add_argument(
         "--set",
@@ -438,6 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             # the commands report eoir's own warnings on stderr themselves
             warnings.filterwarnings("ignore", message=".*registered as identity")
+            warnings.filterwarnings("ignore", message="the model expects")
             return int(args.func(args))
     except UsageError as err:
         print(f"eoir {args.command}: error: {err}", file=sys.stderr)

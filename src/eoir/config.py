@@ -21,6 +21,7 @@ __all__ = ["DEFAULTS", "load_config", "recipe_names", "save_config"]
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {
+        "architecture": "eoir",  # eoir | voxelmorph (the baseline; takes ndim, integration_steps)
         "ndim": 3,
         "width": 32,
         "levels": 5,

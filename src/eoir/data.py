@@ -18,7 +18,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
@@ -114,6 +113,8 @@ def _image_shape(path: Path) -> tuple[int, ...]:
         if path.name.lower().endswith(NIFTI_SUFFIXES):
             shape = nib.load(str(path)).shape
         else:
+            import SimpleITK as sitk  # imported on use: slow to import
+
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(path))
             reader.ReadImageInformation()

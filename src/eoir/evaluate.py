@@ -27,7 +27,7 @@ from eoir.io import OutputSet, read_image
 from eoir.metrics import dice_per_label, evaluation_labels, mean_hd95
 from eoir.train import distributed, finish_distributed
 
-__all__ = ["evaluate", "l2r_field_name"]
+__all__ = ["evaluate", "l2r_field_name", "score_pair"]
 
 
 def l2r_field_name(fixed: Subject, moving: Subject) -> str:
@@ -43,13 +43,32 @@ def l2r_field_name(fixed: Subject, moving: Subject) -> str:
     return f"disp_{ids[0]}_{ids[1]}.nii.gz"
 
 
-def _score(
+def score_pair(
     fixed_labels: np.ndarray,
     warped: np.ndarray,
     moving_labels: np.ndarray,
     spacing: tuple[float, ...],
     names: dict[int, str],
 ) -> tuple[dict[str, float], dict[int, float]]:
+    """Scores of one registered pair.
+
+    Parameters
+    ----------
+    fixed_labels, warped, moving_labels : numpy.ndarray
+        Label maps on the fixed grid (``warped``: the moving labels after registration) and the
+        moving labels as given (they decide which labels are scored).
+    spacing : tuple of float
+        Fixed voxel size in mm.
+    names : dict of int to str
+        Label groups (``dataset.json``); each group gets a ``dice_<group>`` entry.
+
+    Returns
+    -------
+    row : dict
+        ``dice`` (mean over the labels present in both images), ``dice_<group>``, ``hd95`` (mm).
+    per_label : dict of int to float
+        Dice per label.
+    """
     chosen = evaluation_labels(fixed_labels, moving_labels)
     per_label = dice_per_label(fixed_labels, warped, chosen, empty=0.0)
     row = {"dice": float(np.mean(list(per_label.values()))) if per_label else float("nan")}
@@ -141,7 +160,7 @@ def evaluate(
         fixed_labels = read_image(fixed.label, "fixed labels").array
         moving_image = read_image(moving.label, "moving labels")
         warped = result.warp_labels(moving_image)
-        row, per_label = _score(
+        row, per_label = score_pair(
             fixed_labels, warped, moving_image.array, result.fixed.spacing, spec.label_names
         )
         row = {"fixed": fixed.name, "moving": moving.name, **row, **result.jacobian_stats()}

@@ -24,14 +24,17 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from eoir.errors import InputError, reason
 from eoir.spatial import field_from_world, field_to_world, lps_affine
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 __all__ = [
     "FIELD_FORMATS",
@@ -111,6 +114,8 @@ def _sitk_geometry(affine: np.ndarray) -> tuple[list[float], list[float], list[f
 
 
 def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import SimpleITK as sitk  # imported on use: slow to import
+
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
         files = reader.GetGDCMSeriesFileNames(str(path))
@@ -367,6 +372,8 @@ def as_sitk_image(array: np.ndarray, reference: Image, vector: bool = False) -> 
     -------
     SimpleITK.Image
     """
+    import SimpleITK as sitk  # imported on use: slow to import
+
     data = np.moveaxis(array, (0, 1, 2), (2, 1, 0)) if vector else array.transpose()
     image = sitk.GetImageFromArray(np.ascontiguousarray(data), isVector=vector)
     spacing, origin, direction = _sitk_geometry(reference.affine)
@@ -377,6 +384,8 @@ def as_sitk_image(array: np.ndarray, reference: Image, vector: bool = False) -> 
 
 
 def _save_sitk(path: Path, data: np.ndarray, reference: Image, vector: bool = False) -> None:
+    import SimpleITK as sitk  # imported on use: slow to import
+
     sitk.WriteImage(as_sitk_image(data, reference, vector), str(path), useCompression=True)
 
 
@@ -419,6 +428,8 @@ def read_field(path: str | os.PathLike) -> tuple[torch.Tensor, Image]:
     grid : Image
         The field's grid (a zero array with the geometry and header), i.e. the fixed image's.
     """
+    import SimpleITK as sitk  # imported on use: slow to import
+
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: field not found")

@@ -103,10 +103,28 @@ class FlowEstimator(nn.Module):
             _conv(ndim, hidden, ndim, 3),
         )
 
-    def forward(self, fixed: torch.Tensor, warped_moving: torch.Tensor) -> torch.Tensor:
-        """Residual field ``(B, ndim, *level)`` in voxels of this level from two feature maps."""
-        hadamard = torch.cat([fixed + warped_moving, fixed - warped_moving], dim=1)
-        return self.layers(hadamard)
+        self.chunkable = not large_kernel  # no normalisation: each output voxel sees 3 voxels
+
+    def forward(
+        self, fixed: torch.Tensor, warped_moving: torch.Tensor, slab: int = 0
+    ) -> torch.Tensor:
+        """Residual field ``(B, ndim, *level)`` in voxels of this level from two feature maps.
+
+        With ``slab > 0`` (and no normalisation inside) the field is computed over slabs of
+        ``slab`` planes along the first spatial axis, each with 3 planes of context on either
+        side, so the wide intermediate maps never exist for the whole volume; the result equals
+        the unchunked one up to float rounding.
+        """
+        n = fixed.shape[2]
+        if slab <= 0 or not self.chunkable or n <= slab:
+            return self.layers(torch.cat([fixed + warped_moving, fixed - warped_moving], dim=1))
+        halo, parts = 3, []
+        for start in range(0, n, slab):
+            low, high = max(start - halo, 0), min(start + slab + halo, n)
+            f, m = fixed[:, :, low:high], warped_moving[:, :, low:high]
+            out = self.layers(torch.cat([f + m, f - m], dim=1))
+            parts.append(out[:, :, start - low : start - low + min(slab, n - start)])
+        return torch.cat(parts, dim=2)
 
 
 @dataclass
@@ -215,6 +233,9 @@ class EOIR(nn.Module):
         self.finest_level = finest_level
         self.factors = fac
         self.encoder = SharedEncoder(ndim, width, large_kernel, lk_size)
+        # inference only: estimate levels larger than this many voxels over slabs of 32 planes
+        # (0: never); training always runs whole volumes
+        self.slab_above = 2**22
         self.estimators = nn.ModuleList(
             FlowEstimator(ndim, width, ks, large_kernel, lk_size) for _ in range(levels)
         )
@@ -271,8 +292,14 @@ class EOIR(nn.Module):
                 f"a {self.ndim}D EOIR takes (B, 1, *spatial) images with {self.ndim} spatial "
                 f"axes, got {tuple(moving.shape)}"
             )
-        pair, shape = pad_to_multiple(torch.cat([moving, fixed], dim=0), self.size_multiple)
-        feat_m, feat_f = self.encoder(pair).chunk(2, dim=0)
+        if self.training:
+            pair, shape = pad_to_multiple(torch.cat([moving, fixed], dim=0), self.size_multiple)
+            feat_m, feat_f = self.encoder(pair).chunk(2, dim=0)
+        else:  # one image at a time: the widest activations exist for one image only
+            padded, shape = pad_to_multiple(moving, self.size_multiple)
+            feat_m = self.encoder(padded)
+            feat_f = self.encoder(pad_to_multiple(fixed, self.size_multiple)[0])
+            del padded
         for _ in range(self.finest_level):
             feat_m, feat_f = self._downsample(feat_m), self._downsample(feat_f)
         pyramid = [(feat_m, feat_f)]
@@ -286,7 +313,10 @@ class EOIR(nn.Module):
         for level in reversed(range(self.levels)):
             feat_m, feat_f = pyramid.pop()  # coarsest first; frees each level once used
             warped_m = feat_m if upsampled is None else warp(feat_m, upsampled)
-            velocity = self.estimators[level](feat_f, warped_m)
+            # fields stay float32 under autocast: integration and composition accumulate error
+            big = not self.training and 0 < self.slab_above < feat_f[0, 0].numel()
+            velocity = self.estimators[level](feat_f, warped_m, 32 if big else 0).float()
+            del warped_m, feat_m
             step = integrate(velocity, self.integration_steps)
             if upsampled is None:
                 field = step

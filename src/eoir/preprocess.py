@@ -6,7 +6,6 @@ Normalisation is internal only: outputs keep the moving image's own intensities.
 from __future__ import annotations
 
 import numpy as np
-import SimpleITK as sitk
 
 from eoir.errors import InputError
 from eoir.io import Image, as_sitk_image
@@ -97,6 +96,8 @@ def affine_align(
     numpy.ndarray
         ``(4, 4)`` matrix mapping fixed RAS world points (mm) to moving RAS world points.
     """
+    import SimpleITK as sitk  # imported on use: slow to import
+
     f = as_sitk_image(fixed_values.astype(np.float32), fixed)
     m = as_sitk_image(moving_values.astype(np.float32), moving)
     initial = sitk.CenteredTransformInitializer(

@@ -115,7 +115,13 @@ def _grid_sample_grid(positions: torch.Tensor, source_shape: Sequence[int]) -> t
 
 
 def _sample(image: torch.Tensor, positions: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
-    """:func:`sample` without checks."""
+    """:func:`sample` without checks.
+
+    Reduced-precision images (bf16/fp16 features under autocast) are sampled in float32: a
+    position in bf16 is off by up to half a voxel at a hundred voxels.
+    """
+    if image.dtype in (torch.bfloat16, torch.float16):
+        return _sample(image.float(), positions.float(), mode, padding).to(image.dtype)
     grid = _grid_sample_grid(positions.to(image.dtype), image.shape[2:])
     return F.grid_sample(image, grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
 

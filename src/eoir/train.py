@@ -29,13 +29,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from eoir.checkpoint import read_checkpoint, save_model
+from eoir.checkpoint import build_model, read_checkpoint, save_model
 from eoir.config import save_config
 from eoir.data import PairDataset, StepPairs, load_dataset
 from eoir.errors import InputError
 from eoir.losses import multilevel_loss, ncc_loss, one_hot
 from eoir.metrics import mean_dice
-from eoir.model import EOIR
 from eoir.spatial import warp
 
 __all__ = ["RUN_FILES", "distributed", "finish_distributed", "train", "validation_score"]
@@ -159,7 +158,7 @@ class _Log:
                 self.writer.close()
 
 
-def validation_score(model: EOIR, data: PairDataset, device: torch.device) -> float:
+def validation_score(model: torch.nn.Module, data: PairDataset, device: torch.device) -> float:
     """Mean validation score: Dice (Learn2Reg labels) when label maps exist, else NCC."""
     scores = []
     model.eval()
@@ -227,6 +226,8 @@ def train(
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed training shapes: pick the fastest convs
     _prepare_run_dir(out, resume, overwrite)
     if world > 1:
         dist.barrier()  # every rank has checked the folder before rank 0 writes to it
@@ -252,7 +253,7 @@ def train(
     np.random.seed(int(tc["seed"]))  # noqa: NPY002
     random.seed(int(tc["seed"]))
 
-    model = EOIR(**mc).to(dev)
+    model = build_model(mc, strict=False).to(dev)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=float(oc["lr"]), amsgrad=True, weight_decay=float(oc["weight_decay"])
     )
