@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,14 +180,20 @@ class RegistrationResult:
         if (labels is None) != (warped_labels is None):
             raise InputError("--moving-labels and --warped-labels go together")
         label_array = self.warp_labels(labels) if labels is not None else None
-        if warped is not None:
-            outputs.write_image(warped, self.warped(), self.fixed)
-        if field is not None:
-            outputs.write_field(field, self.disp, self.fixed, field_format)
-        if warped_labels is not None:
-            outputs.write_image(warped_labels, label_array, self.fixed)
-        if figure is not None:
-            self.figure(outputs.temp(figure), title)
+        # the field (the largest file: compressing it is most of the writing) is written in a
+        # thread while the images are warped and written (zlib and torch release the GIL)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            job = None
+            if field is not None:
+                job = pool.submit(outputs.write_field, field, self.disp, self.fixed, field_format)
+            if warped is not None:
+                outputs.write_image(warped, self.warped(), self.fixed)
+            if warped_labels is not None:
+                outputs.write_image(warped_labels, label_array, self.fixed)
+            if figure is not None:
+                self.figure(outputs.temp(figure), title)
+            if job is not None:
+                job.result()
 
 
 def register(
