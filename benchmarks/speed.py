@@ -306,6 +306,7 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="2D and 96x80x128 only")
+    parser.add_argument("--sizes", dest="sizes_only", nargs="+", help="e.g. 208x176x160")
     parser.add_argument("--no-network-table", action="store_true")
     parser.add_argument("--no-command", action="store_true", help="skip the end-to-end command")
     parser.add_argument("--ants", action="store_true", help="time ANTs SyN on the pair too")
@@ -313,6 +314,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/oasis-trt-20"))
     args = parser.parse_args()
     args.sizes = SIZES[:2] if args.quick else SIZES
+    if args.sizes_only:
+        args.sizes = [tuple(int(n) for n in s.split("x")) for s in args.sizes_only]
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -175,3 +175,18 @@ def test_eval_pass_encodes_images_one_at_a_time_with_the_same_result():
         batched = model.train()(moving, fixed).disp
         single = model.eval()(moving, fixed)
     assert (batched - single).abs().max() < 1e-5
+
+
+def test_in_place_inference_blocks_equal_the_autograd_path():
+    torch.manual_seed(2)
+    model = EOIR(width=4, levels=3).eval()
+    with torch.no_grad():
+        model.encoder[0][2].weight.fill_(0.1)  # a slope other than the initial 0.25
+    moving, fixed = torch.rand(1, 1, 20, 18, 16), torch.rand(1, 1, 20, 18, 16)
+    with torch.inference_mode():
+        fast = model(moving, fixed)
+        block = model.encoder[0]
+        x = torch.rand(2, 1, 9, 8, 7)
+        assert (block(x) - torch.nn.Sequential.forward(block, x)).abs().max() < 1e-5
+    reference = model(moving, fixed)  # autograd on: the plain modules
+    assert (fast - reference.detach()).abs().max() < 1e-5
