@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import ants_syn
 import numpy as np
 import torch
 
@@ -99,27 +100,15 @@ def train(args: argparse.Namespace) -> None:
 def _ants(fixed: np.ndarray, moving: np.ndarray, labels: np.ndarray, threads: int):
     import ants
 
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
-    f, m = ants.from_numpy(fixed), ants.from_numpy(moving)
-    began = time.perf_counter()
-    result = ants.registration(
-        f,
-        m,
-        type_of_transform="SyNOnly",
-        syn_metric="CC",
-        syn_sampling=2,
-        reg_iterations=(40, 20, 0),
-        initial_transform="Identity",
-    )
-    seconds = time.perf_counter() - began
+    f = ants.from_numpy(fixed)
+    seconds, result = ants_syn.register(f, ants.from_numpy(moving), threads)
     warped = ants.apply_transforms(
         f, ants.from_numpy(labels.astype(np.float32)), result["fwdtransforms"], "genericLabel"
     ).numpy()
-    field = ants.image_read(next(p for p in result["fwdtransforms"] if p.endswith(".nii.gz")))
+    field = ants.image_read(ants_syn.warp_file(result))
     # ITK physical offsets with unit spacing and identity direction: (H, W, 2) per array axis
     disp = np.moveaxis(field.numpy(), -1, 0)
-    for path in result["fwdtransforms"] + result["invtransforms"]:
-        Path(path).unlink(missing_ok=True)
+    ants_syn.remove_files(result)
     return seconds, warped.astype(np.int64), disp
 
 
@@ -129,11 +118,9 @@ def evaluate(args: argparse.Namespace) -> None:
     names = {v: ("subcortical" if v < 1000 else "cortex") for v in range(1, 3000)}
     pairs = [(f, m) for f in VAL for m in VAL if f != m]
     methods = ["affine", *args.models]
-    try:
-        import ants  # noqa: F401
-
+    if ants_syn.available():
         methods.append("ants")
-    except ImportError:
+    else:
         print("ants: skipped (pip install antspyx to include ANTs SyN)")
     lines = [
         "| method | Dice | Dice cortex | Dice subcortical | HD95 (mm) | %\\|J\\|<=0 | SDlogJ "

@@ -36,9 +36,9 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+import ants_syn
 import numpy as np
 
 FIELDS = ["dice", "dice_cortex", "dice_subcortical", "hd95", "folding_percent", "sdlogj", "seconds"]
@@ -63,12 +63,11 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _network_counts(path: str) -> dict[str, float]:
-    from eoir.checkpoint import load_checkpoint
+def _network_counts(model) -> dict[str, float]:
+    """Parameters and multiply-adds of a loaded model at the size it registers 208x176x160."""
     from eoir.complexity import count_multiply_adds, count_parameters
 
-    model, state = load_checkpoint(path)
-    down = int((state.get("run_config") or {}).get("data", {}).get("downsample", 1))
+    down = model.trained_downsample
     shape = tuple(-(-n // down) for n in (208, 176, 160))
     return {
         "params": count_parameters(model),
@@ -83,26 +82,13 @@ def _ants_pair(fixed, moving, moving_labels_path: str, threads: int):
 
     from eoir.io import read_field
 
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
-    f, m = ants.image_read(str(fixed.image)), ants.image_read(str(moving.image))
-    began = time.perf_counter()
-    result = ants.registration(
-        f,
-        m,
-        type_of_transform="SyNOnly",
-        syn_metric="CC",
-        syn_sampling=2,
-        reg_iterations=(40, 20, 0),
-        initial_transform="Identity",
-    )
-    seconds = time.perf_counter() - began
+    f = ants.image_read(str(fixed.image))
+    seconds, result = ants_syn.register(f, ants.image_read(str(moving.image)), threads)
     peak = _peak_rss_mb()
     labels = ants.image_read(moving_labels_path)
     warped = ants.apply_transforms(f, labels, result["fwdtransforms"], interpolator="genericLabel")
-    warp_file = next(p for p in result["fwdtransforms"] if p.endswith(".nii.gz"))
-    disp, _ = read_field(warp_file)
-    for path in result["fwdtransforms"] + result["invtransforms"]:
-        Path(path).unlink(missing_ok=True)
+    disp, _ = read_field(ants_syn.warp_file(result))
+    ants_syn.remove_files(result)
     # ANTs reads NIfTI through ITK: its array axes are the NIfTI axes, as eoir's are
     return seconds, peak, warped.numpy().astype(np.int64), disp
 
@@ -114,7 +100,7 @@ def run_method(
     import torch
 
     from eoir.api import register
-    from eoir.checkpoint import load_checkpoint
+    from eoir.checkpoint import load_model
     from eoir.data import load_dataset
     from eoir.evaluate import score_pair
     from eoir.io import read_image
@@ -126,10 +112,8 @@ def run_method(
     if "+io" in spec:
         model_path, text = spec.split("+io")
         steps = int(text)
-    net, downsample = None, 1
-    if spec not in ("affine", "ants"):
-        net, state = load_checkpoint(model_path, device)
-        downsample = int((state.get("run_config") or {}).get("data", {}).get("downsample", 1))
+    # a checkpoint registers at the resolution it was trained at (eoir.register's default)
+    net = load_model(model_path, device) if spec not in ("affine", "ants") else None
     rows, peak = [], 0.0
     for fixed, moving in data.pairs("val"):
         fixed_labels = read_image(fixed.label, "fixed labels")
@@ -144,7 +128,6 @@ def run_method(
                 moving.image,
                 model=net,
                 optimize_steps=steps,
-                downsample=downsample,
                 device=device,
                 optimize_options={"lr": io_lr} if steps else None,
             )
@@ -171,7 +154,7 @@ def run_method(
     if device.startswith("cuda"):
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if net is not None:
-        out.update(_network_counts(model_path))
+        out.update(_network_counts(net))
     return out
 
 
@@ -242,9 +225,7 @@ def main() -> None:
     results = []
     for spec in args.methods:
         if spec == "ants":
-            try:
-                import ants  # noqa: F401
-            except ImportError:
+            if not ants_syn.available():
                 print("ants: skipped (pip install antspyx to include ANTs SyN)")
                 continue
         command = [sys.executable, __file__, "--worker", spec, "--dataset", args.dataset]

@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import ants_syn
 import numpy as np
 import torch
 
@@ -276,27 +277,15 @@ def end_to_end(fixed: str, moving: str, repeats: int) -> float:
 
 
 def ants_seconds(fixed: str, moving: str) -> float | None:
-    """Seconds of ANTs SyN (CC radius 2, antspy's default 40x20x0 schedule) on the pair."""
-    try:
-        import ants
-    except ImportError:
+    """Seconds of the benchmarks' ANTs SyN (:mod:`ants_syn`) on the pair."""
+    if not ants_syn.available():
         print("ANTs SyN: skipped (pip install antspyx)")
         return None
-    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(os.cpu_count() or 1))
-    f, m = ants.image_read(fixed), ants.image_read(moving)
-    began = time.perf_counter()
-    result = ants.registration(
-        f,
-        m,
-        type_of_transform="SyNOnly",
-        syn_metric="CC",
-        syn_sampling=2,
-        reg_iterations=(40, 20, 0),
-        initial_transform="Identity",
-    )
-    seconds = time.perf_counter() - began
-    for path in result["fwdtransforms"] + result["invtransforms"]:
-        Path(path).unlink(missing_ok=True)
+    import ants
+
+    threads = int(os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", os.cpu_count() or 1))
+    seconds, result = ants_syn.register(ants.image_read(fixed), ants.image_read(moving), threads)
+    ants_syn.remove_files(result)
     return seconds
 
 
