@@ -142,13 +142,11 @@ def register_pairs(
     list of dict
         One summary row per pair (all pairs on rank 0, this rank's share elsewhere).
     """
-    from eoir.train import distributed, finish_distributed
+    from eoir.train import distributed, finish_distributed, rank_device
 
     out = Path(out_dir)
     rank, world = distributed(device)
-    dev = resolve_device(device)
-    if dev.type == "cuda" and world > 1:
-        dev = _rank_device()
+    dev = rank_device(resolve_device(device), world)
     mine = jobs[rank::world]
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
@@ -209,12 +207,3 @@ def register_pairs(
             outputs.temp(out / "summary.csv").write_text(buffer.getvalue())
     finish_distributed()
     return rows
-
-
-def _rank_device():
-    """``cuda:LOCAL_RANK`` (set as the current device)."""
-    import torch
-
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    torch.cuda.set_device(device)
-    return device

@@ -81,6 +81,26 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register_options(args: argparse.Namespace) -> dict:
+    """The ``eoir.register`` options of the command line (single and batch alike).
+
+    ``--model`` defaults to the shipped ``brain-mri`` with ``--preset mri`` and to none (instance
+    optimisation alone) otherwise; ``args.model`` is set to the choice for the summary.
+    """
+    if args.model is None:
+        args.model = "brain-mri" if args.preset == "mri" else "none"
+    return {
+        "model": None if args.model == "none" else args.model,
+        "optimize_steps": args.optimize_steps,
+        "optimize_target": args.optimize_target,
+        "affine": args.affine,
+        "preset": args.preset,
+        "downsample": args.downsample,
+        "device": args.device,
+        "precision": args.precision,
+    }
+
+
 def _run_register_pairs(args: argparse.Namespace) -> int:
     from eoir.batch import read_pairs, register_pairs
 
@@ -91,21 +111,12 @@ def _run_register_pairs(args: argparse.Namespace) -> int:
         raise UsageError("--pairs needs --out-dir")
     if args.nproc > 1:
         return _relaunch(args.nproc, args.argv)
-    if args.model is None:
-        args.model = "brain-mri" if args.preset == "mri" else "none"
     rows = register_pairs(
         read_pairs(args.pairs, args.split),
         args.out_dir,
-        model=None if args.model == "none" else args.model,
         field_format=args.field_format,
         overwrite=args.overwrite,
-        device=args.device,
-        optimize_steps=args.optimize_steps,
-        optimize_target=args.optimize_target,
-        affine=args.affine,
-        preset=args.preset,
-        downsample=args.downsample,
-        precision=args.precision,
+        **_register_options(args),
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"registered {len(rows)} pairs into {args.out_dir} (summary.csv)")
@@ -136,21 +147,9 @@ def _run_register(args: argparse.Namespace) -> int:
     )
     if args.field is not None:
         check_field_target(args.field, args.field_format)
-    if args.model is None:
-        args.model = "brain-mri" if args.preset == "mri" else "none"
-    model = None if args.model == "none" else args.model
-    result = register(
-        args.fixed,
-        args.moving,
-        model=model,
-        optimize_steps=args.optimize_steps,
-        optimize_target=args.optimize_target,
-        affine=args.affine,
-        preset=args.preset,
-        downsample=args.downsample,
-        device=args.device,
-        precision=args.precision,
-    )
+    options = _register_options(args)
+    model = options["model"]
+    result = register(args.fixed, args.moving, **options)
     dice = None
     if args.fixed_labels is not None:
         if args.moving_labels is None:

@@ -132,13 +132,12 @@ def evaluate(
     outputs = OutputSet([out_csv, labels_csv], overwrite, suffixes=(".csv",))
     spec = load_dataset(dataset)
     pairs = spec.pairs(split)
-    preset, downsample = "mri", 1
+    preset = "mri"
     net = None
     if model is not None:
         net, state = load_checkpoint(model, resolve_device(device))
         run = state.get("run_config") or {}
         preset = run.get("data", {}).get("preset", preset)
-        downsample = int(run.get("data", {}).get("downsample", downsample))
     fields_dir = Path(save_fields) if save_fields else None
     if fields_dir is not None:
         fields_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +153,6 @@ def evaluate(
             model=net,
             optimize_steps=optimize_steps if net is not None else 0,
             preset=preset,
-            downsample=downsample,
             device=device,
         )
         fixed_labels = read_image(fixed.label, "fixed labels").array

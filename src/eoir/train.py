@@ -37,7 +37,14 @@ from eoir.losses import multilevel_loss, ncc_loss, one_hot
 from eoir.metrics import mean_dice
 from eoir.spatial import warp
 
-__all__ = ["RUN_FILES", "distributed", "finish_distributed", "train", "validation_score"]
+__all__ = [
+    "RUN_FILES",
+    "distributed",
+    "finish_distributed",
+    "rank_device",
+    "train",
+    "validation_score",
+]
 
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.csv", "tensorboard")
 CSV_FIELDS = ["step", "epoch", "loss", "similarity", "smoothness", "dice", "lr", "val", "seconds"]
@@ -54,6 +61,16 @@ def distributed(device: str | torch.device) -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def rank_device(device: torch.device, world: int) -> torch.device:
+    """This process's device: ``cuda:LOCAL_RANK`` (made current) for CUDA under torchrun with
+    several processes, else ``device``."""
+    if device.type != "cuda" or world <= 1:
+        return device
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(device)
+    return device
 
 
 def finish_distributed() -> None:
@@ -222,10 +239,7 @@ def train(
 
     out = Path(out)
     rank, world = distributed(device)
-    dev = resolve_device(device)
-    if dev.type == "cuda" and world > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
+    dev = rank_device(resolve_device(device), world)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed training shapes: pick the fastest convs
     _prepare_run_dir(out, resume, overwrite)
