@@ -16,10 +16,16 @@ two NIfTI files, registering and writing the warped image and the field), and, w
 side by side. The pair is OASIS-TRT-20 14 -> 13 when ``../shared/data`` is there, else a
 synthetic pair.
 
+With ``--e2e`` (CPU) every 3-D size and width is also timed through ``eoir register`` end to
+end (an untrained network of that width saved to a file, a synthetic pair of that size at full
+resolution). With ``--variants`` it times width 32 at 160x192x224 in both memory layouts
+(``--compile``: also under ``torch.compile``) and prints the heaviest GPU kernels.
+
 Usage::
 
-    python benchmarks/speed.py                       # CPU, every size and width
+    python benchmarks/speed.py --ants --e2e          # CPU, every size and width, ANTs too
     python benchmarks/speed.py --device cuda         # GPU (no end-to-end or ANTs timing)
+    python benchmarks/speed.py --device cuda --variants --compile --no-network-table
     python benchmarks/speed.py --quick               # 2D and the smallest 3D size only
 """
 
@@ -135,7 +141,8 @@ def network_table(args, device, limits) -> list[dict]:
     rows = []
     for shape in args.sizes:
         for width in args.widths:
-            model = EOIR(ndim=len(shape), width=width).to(device).eval()
+            ndim = len(shape)
+            model = EOIR(ndim=ndim, width=width).to(device).eval()
             macs = count_multiply_adds(model, shape)
             for precision in _precisions(device):
                 try:
@@ -155,17 +162,100 @@ def network_table(args, device, limits) -> list[dict]:
                     "tflops": flops / 1e12,
                     "of_limit": flops / limit,
                 }
+                if args.e2e and precision == "float32" and device.type == "cpu" and ndim == 3:
+                    row["command_seconds"] = _command_seconds(model, shape, args.repeats)
                 rows.append(row)
+                command = row.get("command_seconds")
                 print(
                     f"| {row['shape']} | {width} | {precision} | {seconds * 1000:,.1f} | "
                     f"{peak:,.0f} | {row['gmacs']:,.1f} | {row['tflops']:.3f} | "
-                    f"{100 * row['of_limit']:.1f} % |",
+                    f"{100 * row['of_limit']:.1f} % |"
+                    + (
+                        f" {command:.2f} |" if command is not None else (" - |" if args.e2e else "")
+                    ),
                     flush=True,
                 )
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return rows
+
+
+def _command_seconds(model: EOIR, shape: tuple[int, ...], repeats: int) -> float:
+    """Median seconds of ``eoir register`` end to end with ``model`` (saved to a file) on a
+    synthetic pair of ``shape`` at full resolution, writing the warped image and the field."""
+    from eoir.checkpoint import save_model
+
+    fixed, moving = _synthetic_pair(shape)
+    checkpoint = Path(fixed).with_name("model.pt")
+    save_model(checkpoint, model)
+    return end_to_end(fixed, moving, repeats, ("--model", str(checkpoint), "--downsample", "1"))
+
+
+def variants_table(args, device, limits) -> list[dict]:
+    """Width 32 at 160x192x224 (the GPU goal): memory layout x precision x torch.compile.
+
+    ``contiguous`` / ``channels-last`` set :attr:`eoir.model.EOIR.channels_last`; ``compiled``
+    wraps the model in ``torch.compile`` (default mode; the compile time is excluded: it is
+    paid once per shape, e.g. once per batch run). Prints the ten heaviest GPU kernels of the
+    fastest eager variant.
+    """
+    shape, width = (160, 192, 224), 32
+    rows, best = [], None
+    for layout in ("contiguous", "channels-last"):
+        for compiled in (False, True) if args.compile else (False,):
+            model = EOIR(width=width).to(device).eval()
+            model.channels_last = layout == "channels-last"
+            macs = count_multiply_adds(model, shape)
+            runner = torch.compile(model) if compiled else model
+            for precision in _precisions(device):
+                began = time.perf_counter()
+                try:
+                    seconds, peak = time_forward(runner, shape, device, precision, args.repeats)
+                except Exception as err:  # a compiler failure is a result too
+                    print(f"{layout} compiled={compiled} {precision}: {str(err).splitlines()[0]}")
+                    continue
+                limit = limits.get(f"matmul_{precision}", limits["matmul_float32"])
+                row = {
+                    "layout": layout,
+                    "compiled": compiled,
+                    "precision": precision,
+                    "seconds": seconds,
+                    "peak_mb": peak,
+                    "of_limit": 2 * macs / seconds / limit,
+                    "first_call_s": time.perf_counter() - began,
+                }
+                rows.append(row)
+                print(
+                    f"| {layout} | {'torch.compile' if compiled else 'eager'} | {precision} | "
+                    f"{seconds * 1000:,.1f} | {peak:,.0f} | {100 * row['of_limit']:.1f} % |",
+                    flush=True,
+                )
+                if not compiled and (best is None or seconds < best[0]):
+                    best = (seconds, layout, precision)
+            del model, runner
+            torch.compiler.reset()
+    if best is not None and device.type == "cuda":
+        _print_kernels(best[1], best[2], shape, width, device)
+    return rows
+
+
+def _print_kernels(layout: str, precision: str, shape, width: int, device) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    model = EOIR(width=width).to(device).eval()
+    model.channels_last = layout == "channels-last"
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
+    moving = torch.rand(1, 1, *shape, device=device)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=bool(dtype)):
+        model(moving, moving)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(moving, moving)
+            torch.cuda.synchronize(device)
+    print(f"heaviest kernels, {layout} {precision} eager:")
+    print(
+        prof.key_averages().table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=60)
+    )
 
 
 def _pair(oasis: Path) -> tuple[str, str, str]:
@@ -177,16 +267,22 @@ def _pair(oasis: Path) -> tuple[str, str, str]:
             str(images / "OASISTRT_0014_0000.nii.gz"),
             "OASIS-TRT-20 14 -> 13",
         )
+    fixed, moving = _synthetic_pair((208, 176, 160))
+    return fixed, moving, "synthetic blobs"
+
+
+def _synthetic_pair(shape: tuple[int, ...]) -> tuple[str, str]:
+    """Paths of a synthetic fixed and moving NIfTI volume (a shifted noisy blob), 1 mm voxels."""
     import nibabel as nib
 
     folder = Path(tempfile.mkdtemp(prefix="eoir-speed-"))
     rng = np.random.default_rng(0)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in (208, 176, 160)], indexing="ij"))
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
     for name, shift in (("fixed", 0.0), ("moving", 0.08)):
         blob = np.exp(-((grid[0] - shift) ** 2 + grid[1] ** 2 + grid[2] ** 2) * 3)
         data = (1000 * blob + 20 * rng.standard_normal(blob.shape)).astype(np.float32)
         nib.save(nib.Nifti1Image(data, np.eye(4)), str(folder / f"{name}.nii.gz"))
-    return str(folder / "fixed.nii.gz"), str(folder / "moving.nii.gz"), "synthetic blobs"
+    return str(folder / "fixed.nii.gz"), str(folder / "moving.nii.gz")
 
 
 def shipped_model(args, device, limits) -> dict:
@@ -223,6 +319,8 @@ def shipped_model(args, device, limits) -> dict:
 
     macs = count_multiply_adds(model, small)
     labels = [Path(p.replace("imagesTr", "labelsTr")) for p in (fixed_path, moving_path)]
+    if "imagesTr" not in fixed_path:  # the synthetic pair has no labels
+        labels = []
     fields = {}
     for precision in _precisions(device):
         _reset_peak(device)
@@ -236,7 +334,7 @@ def shipped_model(args, device, limits) -> dict:
             "of_limit": flops / limit,
             "max_diff_voxels": float((fields[precision] - fields["float32"]).abs().max()),
         }
-        if all(p.is_file() for p in labels):
+        if labels and all(p.is_file() for p in labels):
             from eoir.metrics import mean_dice
             from eoir.spatial import warp
 
@@ -257,12 +355,13 @@ def shipped_model(args, device, limits) -> dict:
     return out
 
 
-def end_to_end(fixed: str, moving: str, repeats: int) -> float:
+def end_to_end(fixed: str, moving: str, repeats: int, extra: tuple[str, ...] = ()) -> float:
     """Median wall seconds of the whole ``eoir register`` command (a new process each time)."""
     folder = Path(tempfile.mkdtemp(prefix="eoir-e2e-"))
     times = []
     for i in range(repeats + 1):
         command = [sys.executable, "-m", "eoir", "register", "--fixed", fixed, "--moving", moving]
+        command += list(extra)
         command += [
             "--warped",
             str(folder / f"w{i}.nii.gz"),
@@ -298,7 +397,15 @@ def main() -> None:
     parser.add_argument("--sizes", dest="sizes_only", nargs="+", help="e.g. 208x176x160")
     parser.add_argument("--no-network-table", action="store_true")
     parser.add_argument("--no-command", action="store_true", help="skip the end-to-end command")
+    parser.add_argument(
+        "--e2e", action="store_true", help="CPU: `eoir register` end to end per 3-D size and width"
+    )
     parser.add_argument("--ants", action="store_true", help="time ANTs SyN on the pair too")
+    parser.add_argument(
+        "--variants", action="store_true", help="w32 160x192x224: layouts x precisions"
+    )
+    parser.add_argument("--compile", action="store_true", help="with --variants: torch.compile")
+    parser.add_argument("--no-shipped", action="store_true", help="skip the shipped-model part")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/oasis-trt-20"))
     args = parser.parse_args()
@@ -319,10 +426,16 @@ def main() -> None:
         print(f"limit {key}: {value / scale:,.2f} {unit}", flush=True)
     results: dict = {"device": name, "torch": torch.__version__, "limits": limits}
     if not args.no_network_table:
-        print("| input | width | precision | ms | peak MB | GMACs | TFLOP/s | of matmul limit |")
-        print("|---|---|---|---|---|---|---|---|")
+        e2e = " eoir register s |" if args.e2e else ""
+        print(f"| input | width | precision | ms | peak MB | GMACs | TFLOP/s | of limit |{e2e}")
+        print("|---|---|---|---|---|---|---|---|" + ("---|" if args.e2e else ""))
         results["networks"] = network_table(args, device, limits)
-    results["shipped"] = shipped_model(args, device, limits)
+    if args.variants:
+        print("| layout | mode | precision | ms | peak MB | of matmul limit |")
+        print("|---|---|---|---|---|---|")
+        results["variants"] = variants_table(args, device, limits)
+    if not args.no_shipped:
+        results["shipped"] = shipped_model(args, device, limits)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
 

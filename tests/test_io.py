@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import zlib
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import smooth_field
+from eoir import gzip_writer
 from eoir.errors import InputError
 from eoir.io import (
     Image,
@@ -102,6 +106,28 @@ def test_itk_field_reproduces_our_warp_in_simpleitk(tmp_path, geometry, suffix):
         tmp_path / "moving.nii.gz", tmp_path / "fixed.nii.gz", tmp_path / f"wrong{suffix}"
     )
     assert np.abs(bad - ours)[inside].max() > 0.1 * np.abs(ours).max()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_parallel_gzip_is_one_standard_member(tmp_path, geometry, monkeypatch, threads):
+    monkeypatch.setattr(gzip_writer, "BLOCK_BYTES", 1000)  # many blocks on a small payload
+    rng = np.random.default_rng(0)
+    payload = np.repeat(rng.integers(0, 5, 3000, dtype=np.uint8), 4).tobytes()  # with runs
+    for data in (payload, b"", b"x"):
+        stream = b"".join(gzip_writer.gzip_bytes(data, threads))
+        inflate = zlib.decompressobj(31)  # one gzip member, checked CRC and length
+        assert inflate.decompress(stream) == data
+        assert inflate.eof and inflate.unused_data == b""
+        assert gzip.decompress(stream) == data
+    assert len(b"".join(gzip_writer.gzip_bytes(payload, threads))) < len(payload) / 2
+    # a field written in many blocks reads in ITK and nibabel alike
+    fixed, _ = geometry
+    disp = smooth_field(fixed.shape, 2.0, seed=1)
+    write_field(tmp_path / "f.nii.gz", disp, fixed)
+    ours = np.asarray(nib.load(str(tmp_path / "f.nii.gz")).dataobj)[:, :, :, 0, :]
+    itk = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "f.nii.gz")))
+    np.testing.assert_array_equal(np.moveaxis(itk, (0, 1, 2), (2, 1, 0)), ours)
+    torch.testing.assert_close(read_field(tmp_path / "f.nii.gz")[0], disp, atol=1e-4, rtol=1e-4)
 
 
 def test_itk_nifti_field_header(tmp_path, geometry):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eoir.complexity import count_multiply_adds, count_parameters
-from eoir.model import EOIR, EOIROutput
+from eoir.model import EOIR, ConvNormAct, EOIROutput
 
 
 @pytest.mark.parametrize(
@@ -175,6 +175,68 @@ def test_eval_pass_encodes_images_one_at_a_time_with_the_same_result():
         batched = model.train()(moving, fixed).disp
         single = model.eval()(moving, fixed)
     assert (batched - single).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_blocked_cpu_instance_norm_equals_the_module(monkeypatch, ndim, channels_last):
+    import eoir.model
+
+    monkeypatch.setattr(eoir.model, "_NORM_BLOCK", 50)  # many blocks on a small map
+    torch.manual_seed(3)
+    block = ConvNormAct(ndim, 2, 5).eval()
+    x = 3.0 + torch.rand(2, 2, *(11, 9, 7)[:ndim])  # an offset: centring matters
+    if channels_last and ndim == 3:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        block = block.to(memory_format=torch.channels_last_3d)
+    elif channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        block = block.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        fast = block(x)
+    reference = torch.nn.Sequential.forward(block, x)
+    assert (fast - reference.detach()).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_norms_equal_the_module_in_any_precision(dtype):
+    # the CPU (blocked) and GPU (whole-map) in-place norms, run here on CPU tensors
+    import eoir.model
+
+    torch.manual_seed(6)
+    block = ConvNormAct(3, 2, 6).eval()
+    with torch.no_grad():
+        block[2].weight.fill_(0.1)
+    x = 2.0 + torch.rand(2, 2, 10, 9, 8)
+    tolerance = 1e-5 if dtype == torch.float32 else 0.05  # bf16 keeps 8 bits: 0.4 % per value
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        reference = torch.nn.Sequential.forward(block, x).float()
+        with torch.inference_mode():
+            blocked = block(x).float()
+            conv = block[0](x)
+            whole = eoir.model._instance_norm_prelu(conv, block[1].eps, block[2].weight).float()
+    for fast in (blocked, whole):
+        assert (fast - reference).abs().max() < tolerance
+    assert conv.dtype == dtype
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    from eoir.losses import multilevel_loss
+
+    torch.manual_seed(5)
+    model = EOIR(width=4, levels=3).train()
+    moving, fixed = torch.rand(2, 1, 16, 12, 16), torch.rand(2, 1, 16, 12, 16)
+    grads = []
+    for recompute in (False, True):
+        model.activation_checkpointing = recompute
+        model.zero_grad()
+        output = model(moving, fixed)
+        loss, _ = multilevel_loss(output.fields, output.residuals, moving, fixed)
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for plain, recomputed in zip(*grads, strict=True):
+        torch.testing.assert_close(recomputed, plain, atol=1e-6, rtol=1e-5)
+    assert any(g.abs().sum() > 0 for g in grads[1])
 
 
 def test_in_place_inference_blocks_equal_the_autograd_path():

@@ -19,6 +19,7 @@ from eoir.spatial import (
     pad_to_multiple,
     resize_field,
     sample_at_points,
+    transform_positions,
     voxel_to_world,
     warp,
     world_to_voxel,
@@ -175,6 +176,33 @@ def test_jacobian_of_affine_displacement_is_det_a(ndim):
     torch.testing.assert_close(jacobian_determinant(u_vox), expected)
     # wrong spacing (a swapped axis) gives a different answer
     assert not torch.allclose(jacobian_determinant(u_mm, spacing=spacing[::-1]), expected)
+
+
+@pytest.mark.parametrize("shape", [(11, 6, 5), (2, 7, 9), (13, 10)])
+def test_jacobian_equals_numpy_gradient_determinant(shape):
+    # computed over slabs of planes; must equal the whole-grid numpy.gradient determinant
+    ndim = len(shape)
+    disp = torch.randn(1, ndim, *shape, generator=torch.Generator().manual_seed(4)).double()
+    spacing = [0.9, 1.7, 1.2][:ndim]
+    grads = np.gradient(disp[0].numpy(), *spacing, axis=tuple(range(1, ndim + 1)))
+    jac = np.stack(grads, axis=1) + np.eye(ndim).reshape(ndim, ndim, *([1] * ndim))
+    expected = np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))
+    got = jacobian_determinant(disp, spacing=spacing)[0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_transform_positions_general_and_axis_aligned(ndim):
+    rng = np.random.default_rng(2)
+    positions = torch.randn(2, ndim, *([5] * ndim), dtype=torch.float64)
+    for linear in (rng.standard_normal((ndim, ndim)), np.diag(rng.uniform(0.5, 2, ndim))):
+        matrix = np.eye(ndim + 1)
+        matrix[:ndim, :ndim] = linear
+        matrix[:ndim, ndim] = rng.standard_normal(ndim)
+        points = positions.movedim(1, -1).numpy()
+        expected = points @ matrix[:ndim, :ndim].T + matrix[:ndim, ndim]
+        got = transform_positions(matrix, positions).movedim(1, -1).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_pad_and_crop_round_trip():

@@ -14,10 +14,13 @@ import pytest
 import torch
 
 from conftest import shared_dataset, write_l2r_dataset
+from eoir.api import register
 from eoir.checkpoint import build_model, read_checkpoint
 from eoir.config import load_config
 from eoir.data import PairDataset, epoch_pairs, load_dataset
 from eoir.errors import InputError
+from eoir.evaluate import score_pair
+from eoir.io import read_image
 from eoir.losses import multilevel_loss
 from eoir.model import EOIR
 from eoir.train import train, validation_score
@@ -76,7 +79,8 @@ def test_dataset_reading_and_pairing(dataset):
 
 
 def test_a_few_steps_lower_the_loss(dataset, tmp_path):
-    config = load_config("cpu-brain", overrides=TINY)
+    # with activation checkpointing (the same gradients: tests/test_model.py) to train that path
+    config = load_config("cpu-brain", overrides=[*TINY, "train.checkpointing=true"])
     spec = load_dataset(dataset)
     torch.manual_seed(0)
     initial = build_model(config["model"], strict=False)  # the run's initial weights (seed 0)
@@ -206,6 +210,19 @@ def test_evaluate_writes_the_csvs(dataset, tmp_path):
         "disp_0005_0000_0004_0000.nii.gz",
     ]
     assert "dice" in result.stdout and "+-" in result.stdout
+    # the streamed evaluation (reading and scoring in threads) scores each pair as one call does
+    spec = load_dataset(dataset)
+    for row, (fixed, moving) in zip(rows, spec.pairs("val"), strict=True):
+        alone = register(fixed.image, moving.image, model=tmp_path / "run" / "last.pt")
+        labels = read_image(moving.label).array
+        expected, _ = score_pair(
+            read_image(fixed.label).array,
+            alone.warp_labels(read_image(moving.label)),
+            labels,
+            alone.fixed.spacing,
+            spec.label_names,
+        )
+        assert float(row["dice"]) == pytest.approx(expected["dice"], abs=1e-9)
     two = run(
         "evaluate",
         "--dataset",
@@ -246,6 +263,12 @@ def test_bad_inputs(dataset, tmp_path):
     busy.mkdir()
     (busy / "last.pt").write_bytes(b"x")
     base = ["train", "--out", tmp_path / "new", "--recipe", "cpu-brain", "--max-steps", "1"]
+    vm_checkpointing = [
+        "--set",
+        "model.architecture=voxelmorph",
+        "--set",
+        "train.checkpointing=true",
+    ]
     cases = {
         "invalid json": ([*base, "--dataset", tmp_path / "bad.json"], "not valid JSON"),
         "missing file": ([*base, "--dataset", missing], "does not exist"),
@@ -269,6 +292,10 @@ def test_bad_inputs(dataset, tmp_path):
         "unknown recipe": ([*base, "--dataset", dataset, "--recipe", "nope"], "no such recipe"),
         "bad override": ([*base, "--dataset", dataset, "--set", "optim.lr=fast"], "not a float"),
         "nothing to resume": ([*base, "--dataset", dataset, "--resume"], "nothing to resume"),
+        "checkpointing": (
+            [*base, "--dataset", dataset, *vm_checkpointing],
+            "train.checkpointing: not available for voxelmorph",
+        ),
     }
     for name, (args, message) in cases.items():
         result = run(*args)

@@ -64,6 +64,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "save_every": 50,  # last.pt every N steps (and at the end)
         "log_every": 10,
         "amp": True,  # bf16 autocast on CUDA (ignored on CPU)
+        "checkpointing": False,  # recompute activations in backward: less memory, more time
     },
 }
 

@@ -4,8 +4,9 @@ Each pair is registered at full resolution through :func:`eoir.register` (with t
 preprocessing the model was trained with) and scored on the fixed grid: Dice over the labels
 present in both label maps (Learn2Reg convention, :mod:`eoir.metrics`), Dice per label group
 when ``dataset.json`` names groups, HD95 (mm), % of voxels with ``J <= 0`` and SDlogJ of the
-field, and the seconds the registration took. Several processes under torchrun each take a share
-of the pairs; rank 0 writes the CSVs.
+field, and the seconds the registration took. The next pair is read and the previous one scored
+while a pair registers. Several processes under torchrun each take a share of the pairs (each on
+its own GPU, ``cuda:LOCAL_RANK``); rank 0 writes the CSVs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,9 @@ from eoir.api import register, resolve_device
 from eoir.checkpoint import load_checkpoint
 from eoir.data import Subject, load_dataset
 from eoir.errors import InputError
-from eoir.io import OutputSet, read_image
+from eoir.io import Image, OutputSet, read_image
 from eoir.metrics import dice_per_label, evaluation_labels, mean_hd95
-from eoir.train import distributed, finish_distributed
+from eoir.train import distributed, finish_distributed, rank_device
 
 __all__ = ["evaluate", "l2r_field_name", "score_pair"]
 
@@ -132,40 +134,45 @@ def evaluate(
     outputs = OutputSet([out_csv, labels_csv], overwrite, suffixes=(".csv",))
     spec = load_dataset(dataset)
     pairs = spec.pairs(split)
+    for fixed, moving in pairs:  # every pair checked before any work
+        if fixed.label is None or moving.label is None:
+            raise InputError(f"{fixed.image}: evaluation needs label maps for both images")
+    rank, world = distributed(device)
+    dev = rank_device(resolve_device(device), world)  # cuda:LOCAL_RANK under torchrun
     preset = "mri"
     net = None
     if model is not None:
-        net, state = load_checkpoint(model, resolve_device(device))
+        net, state = load_checkpoint(model, dev)
         run = state.get("run_config") or {}
         preset = run.get("data", {}).get("preset", preset)
     fields_dir = Path(save_fields) if save_fields else None
     if fields_dir is not None:
         fields_dir.mkdir(parents=True, exist_ok=True)
-    rank, world = distributed(device)
     rows: list[dict[str, Any]] = []
     label_rows: list[dict[str, Any]] = []
-    for fixed, moving in pairs[rank::world]:
-        if fixed.label is None or moving.label is None:
-            raise InputError(f"{fixed.image}: evaluation needs label maps for both images")
-        result = register(
-            fixed.image,
-            moving.image,
-            model=net,
-            optimize_steps=optimize_steps if net is not None else 0,
-            preset=preset,
-            device=device,
-        )
-        fixed_labels = read_image(fixed.label, "fixed labels").array
-        moving_image = read_image(moving.label, "moving labels")
-        warped = result.warp_labels(moving_image)
+
+    def read(pair: tuple[Subject, Subject]) -> list[Image]:
+        fixed, moving = pair
+        return [
+            read_image(fixed.image, "fixed image"),
+            read_image(moving.image, "moving image"),
+            read_image(fixed.label, "fixed labels"),
+            read_image(moving.label, "moving labels"),
+        ]
+
+    def score(pair: tuple[Subject, Subject], result, fixed_labels: Image, moving_labels: Image):
+        fixed, moving = pair
+        warped = result.warp_labels(moving_labels)
         row, per_label = score_pair(
-            fixed_labels, warped, moving_image.array, result.fixed.spacing, spec.label_names
+            fixed_labels.array, warped, moving_labels.array, result.fixed.spacing, spec.label_names
         )
         row = {"fixed": fixed.name, "moving": moving.name, **row, **result.jacobian_stats()}
         row.pop("std_log_j")
         row["seconds"] = round(result.seconds, 3)
-        rows.append(row)
-        label_rows += [
+        if fields_dir is not None:
+            target = fields_dir / l2r_field_name(fixed, moving)
+            result.save(field=target, field_format="l2r", overwrite=True)
+        per_pair = [
             {
                 "fixed": fixed.name,
                 "moving": moving.name,
@@ -175,13 +182,40 @@ def evaluate(
             }
             for label, dice in per_label.items()
         ]
-        if fields_dir is not None:
-            target = fields_dir / l2r_field_name(fixed, moving)
-            result.save(field=target, field_format="l2r", overwrite=True)
+        return row, per_pair
+
+    def collect(job: Future) -> None:
+        row, per_pair = job.result()
+        rows.append(row)
+        label_rows.extend(per_pair)
         echo(
-            f"{moving.name} -> {fixed.name}: Dice {row['dice']:.4f}, HD95 {row['hd95']:.2f} mm, "
-            f"folding {row['folding_percent']:.3f} %, {row['seconds']:.1f} s"
+            f"{row['moving']} -> {row['fixed']}: Dice {row['dice']:.4f}, HD95 {row['hd95']:.2f} "
+            f"mm, folding {row['folding_percent']:.3f} %, {row['seconds']:.1f} s"
         )
+
+    # the next pair is read and the previous one scored (and its field written) in threads
+    # while this one registers
+    mine = pairs[rank::world]
+    with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as scorer:
+        pending = reader.submit(read, mine[0]) if mine else None
+        scoring: Future | None = None
+        for index, pair in enumerate(mine):
+            assert pending is not None
+            fixed_image, moving_image, fixed_labels, moving_labels = pending.result()
+            pending = reader.submit(read, mine[index + 1]) if index + 1 < len(mine) else None
+            result = register(
+                fixed_image,
+                moving_image,
+                model=net,
+                optimize_steps=optimize_steps if net is not None else 0,
+                preset=preset,
+                device=dev,
+            )
+            if scoring is not None:
+                collect(scoring)
+            scoring = scorer.submit(score, pair, result, fixed_labels, moving_labels)
+        if scoring is not None:
+            collect(scoring)
     if world > 1:
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, (rows, label_rows))

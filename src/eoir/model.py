@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from eoir.spatial import compose, crop_to_shape, integrate, pad_to_multiple, resize_field, warp
 
@@ -37,8 +38,8 @@ def _norm(ndim: int, channels: int) -> nn.Module:
 class ConvNormAct(nn.Sequential):
     """Conv (k=3, stride 1, bias) -> InstanceNorm -> PReLU (one shared slope, init 0.25).
 
-    Without autograd (inference) and in float32, the norm and the activation run in place on
-    the convolution's output, so the block holds its input and one output and no more (the
+    Without autograd (inference) the norm (and on a CPU the activation) runs in place on the
+    convolution's output, so the block holds its input and one output and no more (the
     encoder's widest maps dominate peak memory at full resolution).
     """
 
@@ -50,11 +51,60 @@ class ConvNormAct(nn.Sequential):
             return super().forward(x)
         conv, norm, act = self
         x = conv(x)
-        if x.dtype != torch.float32 or x.is_meta:
+        if x.is_meta:
             return act(norm(x))
-        var, mean = torch.var_mean(x, dim=tuple(range(2, x.dim())), unbiased=False, keepdim=True)
-        x.sub_(mean).mul_(torch.rsqrt(var + norm.eps))
-        return F.leaky_relu_(x, float(act.weight))  # PReLU with one shared slope
+        if x.device.type == "cpu":
+            slope = float(act.weight)
+            for sample in x:  # (C, *spatial) views, normalised in place
+                _instance_norm_act_(sample, norm.eps, slope)
+            return x
+        return _instance_norm_prelu(x, norm.eps, act.weight)
+
+
+def _instance_norm_prelu(x: torch.Tensor, eps: float, weight: torch.Tensor) -> torch.Tensor:
+    """Instance norm (in place on ``x``, ``(B, C, *spatial)``) then PReLU, on a GPU.
+
+    Statistics are accumulated in float32 whatever the dtype: under bf16/fp16 autocast the
+    module path runs a float32 batch-norm kernel that took half of an H100 forward pass
+    (width 32, 160x192x224). The slope stays a tensor (reading it would sync the GPU).
+    """
+    dims = tuple(range(2, x.dim()))
+    mean = x.mean(dims, keepdim=True, dtype=torch.float32)
+    x.sub_(mean)
+    squares = torch.linalg.vector_norm(x, 2, dims, keepdim=True, dtype=torch.float32) ** 2
+    x.mul_(torch.rsqrt(squares / x[0, 0].numel() + eps))
+    return F.prelu(x, weight.to(x.dtype))
+
+
+_NORM_BLOCK = 1 << 19  # elements per cache-sized block of the CPU instance norm (2 MiB float32)
+
+
+def _instance_norm_act_(x: torch.Tensor, eps: float, slope: float) -> None:
+    """Instance norm + leaky ReLU of one sample ``(C, *spatial)`` in place, on a CPU.
+
+    Two passes over cache-sized blocks (centre and sum squares; scale and activate) instead of
+    ``var_mean``, which reduces a channels-last map at ~1.5 GB/s (width 16 at 104x88x80: 33 ms
+    -> 8 ms per call). Reduced-precision maps are processed block by block in float32.
+    """
+    channels = x.shape[0]
+    if x.permute(*range(1, x.dim()), 0).is_contiguous():  # channels-last: (voxels, C) rows
+        table, axis = x.permute(*range(1, x.dim()), 0).reshape(-1, channels), 0
+    else:
+        table, axis = x.reshape(channels, -1), 1  # a view for a contiguous sample
+    blocks = table.split(max(1, _NORM_BLOCK // channels), dim=axis)
+    mean = table.mean(axis, keepdim=True, dtype=torch.float32)
+    squares = torch.zeros_like(mean)
+    for block in blocks:
+        wide = block.float()  # the block itself in float32
+        squares += wide.sub_(mean).square().sum(axis, keepdim=True)
+        if wide is not block:
+            block.copy_(wide)
+    scale = torch.rsqrt(squares / table.shape[axis] + eps)
+    for block in blocks:
+        wide = block.float()
+        F.leaky_relu_(wide.mul_(scale), slope)
+        if wide is not block:
+            block.copy_(wide)
 
 
 class LargeKernelBlock(nn.Module):
@@ -252,6 +302,11 @@ class EOIR(nn.Module):
         # inference only: estimate levels larger than this many voxels over slabs of 32 planes
         # (0: never); training always runs whole volumes
         self.slab_above = 2**22
+        # inference: channels-last 3-D maps (None: where measured faster, see _inference_layout)
+        self.channels_last: bool | None = None
+        # training: recompute each encoder layer and estimator in the backward pass instead of
+        # keeping their activations (less memory, more time; train.checkpointing)
+        self.activation_checkpointing = False
         self.estimators = nn.ModuleList(
             FlowEstimator(ndim, width, ks, large_kernel, lk_size) for _ in range(levels)
         )
@@ -279,8 +334,11 @@ class EOIR(nn.Module):
     def _inference_layout(self, image: torch.Tensor) -> torch.Tensor:
         """Channels-last for 3-D convolutions on a CPU: oneDNN then works on the tensors as they
         are instead of reordering copies (at 208x176x160, width 32: encoder peak 2.5 GB instead
-        of 4.0 GB, and 8 % faster; benchmarks/speed.py)."""
-        if self.ndim != 3 or image.device.type != "cpu":
+        of 4.0 GB, and 8 % faster; benchmarks/speed.py). ``self.channels_last`` overrides."""
+        wanted = self.channels_last
+        if wanted is None:
+            wanted = image.device.type == "cpu"
+        if self.ndim != 3 or not wanted:
             return image
         weight = self.encoder[-1][0].weight  # (the first layer's, with 1 input channel, is both)
         if not weight.is_contiguous(memory_format=torch.channels_last_3d):
@@ -322,9 +380,15 @@ class EOIR(nn.Module):
                 f"a {self.ndim}D EOIR takes (B, 1, *spatial) images with {self.ndim} spatial "
                 f"axes, got {tuple(moving.shape)}"
             )
+        recompute = self.training and self.activation_checkpointing and torch.is_grad_enabled()
         if self.training:
             pair, shape = pad_to_multiple(torch.cat([moving, fixed], dim=0), self.size_multiple)
-            feat_m, feat_f = self.encoder(pair).chunk(2, dim=0)
+            if recompute:
+                for layer in self.encoder:
+                    pair = checkpoint(layer, pair, use_reentrant=False)
+            else:
+                pair = self.encoder(pair)
+            feat_m, feat_f = pair.chunk(2, dim=0)
         else:  # one image at a time: the widest activations exist for one image only
             padded, shape = pad_to_multiple(moving, self.size_multiple)
             feat_m = self.encoder(self._inference_layout(padded))
@@ -348,7 +412,11 @@ class EOIR(nn.Module):
             del feat_m  # the warped copy replaces it: one fewer full-size map while estimating
             # fields stay float32 under autocast: integration and composition accumulate error
             big = not self.training and 0 < self.slab_above < feat_f[0, 0].numel()
-            velocity = self.estimators[level](feat_f, warped_m, 32 if big else 0).float()
+            if recompute:
+                estimator = self.estimators[level]
+                velocity = checkpoint(estimator, feat_f, warped_m, use_reentrant=False).float()
+            else:
+                velocity = self.estimators[level](feat_f, warped_m, 32 if big else 0).float()
             del warped_m
             step = integrate(velocity, self.integration_steps)
             if upsampled is None:

@@ -58,7 +58,10 @@ def moving_positions(
     positions = identity_grid(fixed.shape, device, dtype)
     if disp is not None:
         positions = positions + disp.to(dtype)
-    return transform_positions(_matrix(fixed, moving_affine, world), positions)
+    matrix = _matrix(fixed, moving_affine, world)
+    if np.allclose(matrix, np.eye(4), rtol=0.0, atol=1e-9):  # same grid, no affine
+        return positions if disp is not None else positions.clone()
+    return transform_positions(matrix, positions)
 
 
 def to_fixed_grid(
@@ -159,6 +162,8 @@ def total_field(
     torch.Tensor
         ``(1, 3, *fixed.shape)``: ``A_f^-1 world A_f (p + disp(p)) - p``, fixed voxels.
     """
+    if world is None:  # A_f^-1 A_f (p + disp) - p
+        return disp.float().clone() if disp is not None else torch.zeros(1, 3, *fixed.shape)
     positions = moving_positions(fixed, fixed.affine, disp, world, dtype=torch.float64)
     device = disp.device if disp is not None else torch.device("cpu")
     return (positions - identity_grid(fixed.shape, device, torch.float64)).float()

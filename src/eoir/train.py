@@ -252,6 +252,8 @@ def train(
         config["optim"]["max_steps"] = int(max_steps)
     spec = load_dataset(dataset)
     mc, dc, lc, oc, tc = (config[k] for k in ("model", "data", "loss", "optim", "train"))
+    if bool(tc["checkpointing"]) and mc["architecture"] != "eoir":
+        raise InputError(f"train.checkpointing: not available for {mc['architecture']} models")
 
     if rank == 0:
         if overwrite and not resume:
@@ -268,6 +270,7 @@ def train(
     random.seed(int(tc["seed"]))
 
     model = build_model(mc, strict=False).to(dev)
+    model.activation_checkpointing = bool(tc["checkpointing"])
     optimizer = torch.optim.Adam(
         model.parameters(), lr=float(oc["lr"]), amsgrad=True, weight_decay=float(oc["weight_decay"])
     )
