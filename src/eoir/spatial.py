@@ -48,8 +48,9 @@ _PADDINGS = ("zeros", "border")
 def _identity_grid_cached(
     shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
+    with torch.inference_mode(False):  # cached: usable later by autograd too
+        axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
+        return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
 
 
 def identity_grid(
@@ -126,10 +127,36 @@ def _sample(image: torch.Tensor, positions: torch.Tensor, mode: str, padding: st
     return F.grid_sample(image, grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
 
 
+@functools.lru_cache(maxsize=32)
+def _normalised_identity(
+    shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """grid_sample's identity grid ``(1, *shape, ndim)`` (last axis (x, y[, z])) and the
+    per-axis voxel -> normalised scale ``(ndim,)`` in the same order (align_corners=True)."""
+    scale = [2.0 / max(n - 1, 1) for n in shape]
+    with torch.inference_mode(False):  # cached: usable later by autograd too
+        axes = [
+            torch.arange(n, device=device, dtype=dtype) * f - 1.0
+            for n, f in zip(shape, scale, strict=True)
+        ]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1).unsqueeze(0)
+        return grid, torch.tensor(scale[::-1], device=device, dtype=dtype)
+
+
 def _resample(image: torch.Tensor, disp: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
-    """:func:`warp` without checks, for callers that validated their inputs (the hot loops)."""
-    positions = identity_grid(disp.shape[2:], disp.device, disp.dtype) + disp
-    return _sample(image, positions, mode, padding)
+    """:func:`warp` without checks, for callers that validated their inputs (the hot loops).
+
+    The sampling grid is made in two passes (a reordering copy and one multiply-add onto a
+    cached normalised identity) instead of five. Reduced-precision images (bf16/fp16 features
+    under autocast) are sampled in float32 at float32 positions.
+    """
+    reduced = image.dtype in (torch.bfloat16, torch.float16)
+    dtype = torch.float32 if reduced else image.dtype
+    base, scale = _normalised_identity(tuple(disp.shape[2:]), disp.device, dtype)
+    grid = torch.addcmul(base, disp.to(dtype).movedim(1, -1).flip(-1), scale)
+    source = image.float() if reduced else image
+    out = F.grid_sample(source, grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
+    return out.to(image.dtype) if reduced else out
 
 
 def sample(
@@ -234,7 +261,6 @@ def warp(
             image = image.expand(disp.shape[0], *image.shape[1:])
         else:
             raise ValueError(f"batch sizes differ: image {image.shape[0]}, field {disp.shape[0]}")
-    disp = disp.to(image.dtype)
     if not disp.requires_grad and disp.device.type != "meta" and not torch.any(disp):
         # the identity: no interpolation, so no rounding of the normalised sampling grid
         return image.clone()
@@ -267,7 +293,8 @@ def integrate(velocity: torch.Tensor, steps: int = 7, padding: str = "zeros") ->
     _check_options("bilinear", padding)
     disp = velocity / (2.0**steps)
     for _ in range(steps):
-        disp = disp + _resample(disp, disp, "bilinear", padding)
+        # added into the fresh warped field (grid_sample's backward does not need its output)
+        disp = _resample(disp, disp, "bilinear", padding).add_(disp)
     return disp
 
 
@@ -294,7 +321,10 @@ def compose(first: torch.Tensor, second: torch.Tensor, padding: str = "zeros") -
     _check_field(first)
     _check_field(second, first.shape[2:])
     _check_options("bilinear", padding)
-    return second + _resample(first, second, "bilinear", padding)
+    out = _resample(first, second, "bilinear", padding)
+    if out.dtype != torch.promote_types(out.dtype, second.dtype):
+        return out + second
+    return out.add_(second)  # into the fresh warped field (grid_sample's backward keeps none)
 
 
 def resize_field(
