@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["BLOCK_BYTES", "gzip_bytes", "write_gzip"]
+__all__ = ["BLOCK_BYTES", "gzip_parts", "write_gzip"]
 
 BLOCK_BYTES = 4 << 20  # 4 MiB of input per block
 _HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
@@ -40,8 +41,13 @@ def _threads() -> int:
     return max(1, min(8, available))
 
 
-def gzip_bytes(payload: bytes | bytearray | memoryview, threads: int | None = None) -> list[bytes]:
-    """``payload`` as the parts of one gzip member (header, deflate blocks, trailer).
+def gzip_parts(
+    payload: bytes | bytearray | memoryview, threads: int | None = None
+) -> Iterator[bytes]:
+    """``payload`` as the parts of one gzip member (header, deflate blocks, trailer), in order.
+
+    Blocks are compressed ahead on the threads and yielded as soon as each is ready in order, so
+    a writer holds only the blocks not yet written, not the whole compressed file.
 
     Parameters
     ----------
@@ -50,27 +56,26 @@ def gzip_bytes(payload: bytes | bytearray | memoryview, threads: int | None = No
     threads : int, optional
         Compressing threads (default: the usable cores, at most 8).
 
-    Returns
-    -------
-    list of bytes
+    Yields
+    ------
+    bytes
         To be written one after the other.
     """
     view = memoryview(payload).cast("B")
     size = len(view)
-    starts = list(range(0, size, BLOCK_BYTES)) or [0]
-    blocks = [view[s : s + BLOCK_BYTES] for s in starts]
-    last = len(blocks) - 1
+    blocks = [view[s : s + BLOCK_BYTES] for s in range(0, size, BLOCK_BYTES)] or [view[0:0]]
+    last = [i == len(blocks) - 1 for i in range(len(blocks))]
+    yield _HEADER
     workers = min(threads or _threads(), len(blocks))
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
             crc = pool.submit(zlib.crc32, view)
-            parts = list(pool.map(_deflate, blocks, [i == last for i in range(len(blocks))]))
+            yield from pool.map(_deflate, blocks, last)
             checksum = crc.result()
     else:
-        parts = [_deflate(b, i == last) for i, b in enumerate(blocks)]
+        yield from map(_deflate, blocks, last)
         checksum = zlib.crc32(view)
-    trailer = struct.pack("<II", checksum & 0xFFFFFFFF, size & 0xFFFFFFFF)
-    return [_HEADER, *parts, trailer]
+    yield struct.pack("<II", checksum & 0xFFFFFFFF, size & 0xFFFFFFFF)
 
 
 def write_gzip(
@@ -78,5 +83,5 @@ def write_gzip(
 ) -> None:
     """Write ``payload`` gzip-compressed to ``path`` (see the module docstring)."""
     with Path(path).open("wb") as stream:
-        for part in gzip_bytes(payload, threads):
+        for part in gzip_parts(payload, threads):
             stream.write(part)
