@@ -31,11 +31,13 @@ import torch
 
 from eoir.checkpoint import build_model, load_checkpoint, save_model
 from eoir.complexity import count_multiply_adds, count_parameters
+from eoir.config import load_config
 from eoir.evaluate import score_pair
-from eoir.losses import multilevel_loss, one_hot
+from eoir.losses import one_hot
 from eoir.metrics import jacobian_stats
 from eoir.preprocess import normalise
 from eoir.spatial import warp
+from eoir.train import training_step
 
 TRAIN, VAL = range(1, 13), (13, 14, 15)
 MODELS = {
@@ -68,6 +70,7 @@ def train(args: argparse.Namespace) -> None:
         rng = random.Random(0)
         model = build_model(MODELS[name]).to(device).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, amsgrad=True)
+        loss_config = load_config("brain-mri")["loss"]  # NCC 9/5/3, L1 0.3, Dice 1, float32
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: (1.0 - min(s, args.steps - 1) / args.steps) ** 0.9
         )
@@ -76,20 +79,16 @@ def train(args: argparse.Namespace) -> None:
             fixed_id, moving_id = rng.sample(list(TRAIN), 2)
             fixed, fixed_labels = (t.to(device) for t in slices[fixed_id])
             moving, moving_labels = (t.to(device) for t in slices[moving_id])
-            output = model(moving, fixed)
-            loss, _ = multilevel_loss(
-                output.fields,
-                output.residuals,
+            training_step(
+                model,
+                optimizer,
                 moving,
                 fixed,
-                windows=[9, 5, 3],
-                reg_weight=0.3,
+                loss_config,
+                False,
                 moving_labels=one_hot(moving_labels, values),
                 fixed_labels=one_hot(fixed_labels, values),
             )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             schedule.step()
         seconds = time.perf_counter() - began
         run = {"data": {"preset": "mri", "downsample": 1}, "steps": args.steps}

@@ -1,10 +1,11 @@
 """Peak GPU memory and time of one full-size EOIR training step, with and without activation
 checkpointing (``train.checkpointing``), in float32 and bf16 autocast.
 
-One step is what ``eoir train`` does per pair: the training-mode forward on a (moving, fixed)
-pair, the multi-level loss (NCC windows 9/5/3, L1 smoothness, Dice over ``--labels`` one-hot
-labels), backward and an Adam step. Peak memory is ``torch.cuda.max_memory_allocated`` over the
-steps; time is the median of the steps after the first (cuDNN picks its algorithms then).
+One step is ``eoir train``'s own step (:func:`eoir.train.training_step`) on a (moving, fixed)
+pair with the ``brain-mri`` recipe's loss (NCC windows 9/5/3, L1 smoothness 0.3, Dice over
+``--labels`` one-hot labels): forward, multi-level loss, backward, an Adam step. Peak memory
+is ``torch.cuda.max_memory_allocated`` over the steps; time is the median of the steps after the
+first (cuDNN picks its algorithms then).
 
 Usage::
 
@@ -20,8 +21,10 @@ import time
 
 import torch
 
-from eoir.losses import multilevel_loss
+from eoir.config import load_config
+from eoir.losses import one_hot
 from eoir.model import EOIR
+from eoir.train import training_step
 
 
 def one_case(args, device: torch.device, precision: str, recompute: bool) -> dict:
@@ -30,14 +33,15 @@ def one_case(args, device: torch.device, precision: str, recompute: bool) -> dic
     model = EOIR(width=args.width, levels=args.levels).to(device).train()
     model.activation_checkpointing = recompute
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, amsgrad=True)
+    loss_config = load_config("brain-mri")["loss"]  # NCC 9/5/3, L1 0.3, Dice 1
     moving = torch.rand(1, 1, *args.shape, device=device)
     fixed = torch.rand(1, 1, *args.shape, device=device)
     labels = {}
     if args.labels:
         classes = args.labels + 1  # with the background
         for name in ("moving_labels", "fixed_labels"):
-            index = torch.randint(0, classes, (1, *args.shape), device=device)
-            labels[name] = torch.nn.functional.one_hot(index, classes).movedim(-1, 1).float()
+            index = torch.randint(0, classes, (1, 1, *args.shape), device=device)
+            labels[name] = one_hot(index, classes)  # as eoir train encodes them
     amp = precision == "bfloat16"
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -45,23 +49,11 @@ def one_case(args, device: torch.device, precision: str, recompute: bool) -> dic
     times = []
     for _ in range(args.steps):
         began = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            output = model(moving, fixed)
-        loss, _ = multilevel_loss(
-            [f.float() for f in output.fields],
-            [r.float() for r in output.residuals],
-            moving,
-            fixed,
-            reg_weight=0.3,
-            **labels,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, _ = training_step(model, optimizer, moving, fixed, loss_config, amp, **labels)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - began)
-        del output, loss
+        del loss
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"peak_gb": peak, "seconds": statistics.median(times[1:] or times)}
 

@@ -43,6 +43,7 @@ __all__ = [
     "finish_distributed",
     "rank_device",
     "train",
+    "training_step",
     "validation_score",
 ]
 
@@ -173,6 +174,58 @@ class _Log:
             self.csv_file.close()
             if self.writer is not None:
                 self.writer.close()
+
+
+def training_step(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    loss_config: dict[str, Any],
+    amp: bool,
+    **labels: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step of ``eoir train`` on a pair.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        A training-mode EOIR or VoxelMorph (or its DistributedDataParallel wrapper).
+    optimizer : torch.optim.Optimizer
+        Steps once (the caller steps any scheduler).
+    moving, fixed : torch.Tensor
+        ``(B, 1, *spatial)`` normalised images.
+    loss_config : dict
+        The config's ``loss`` section (:mod:`eoir.config`).
+    amp : bool
+        bf16 autocast for the forward pass (the fields and the loss stay float32).
+    **labels : torch.Tensor
+        ``moving_labels`` and ``fixed_labels`` one-hot ``(B, L, *spatial)`` for the Dice term.
+
+    Returns
+    -------
+    tuple
+        The loss and its terms (:func:`eoir.losses.multilevel_loss`).
+    """
+    with torch.autocast(moving.device.type, dtype=torch.bfloat16, enabled=amp):
+        output = net(moving, fixed)
+    loss, terms = multilevel_loss(
+        [f.float() for f in output.fields],
+        [r.float() for r in output.residuals],
+        moving,
+        fixed,
+        similarity=loss_config["similarity"],
+        windows=loss_config["windows"],
+        sim_weight=float(loss_config["sim_weight"]),
+        reg_weight=float(loss_config["reg_weight"]),
+        dice_weight=float(loss_config["dice_weight"]),
+        penalty=loss_config["penalty"],
+        **labels,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, terms
 
 
 def validation_score(model: torch.nn.Module, data: PairDataset, device: torch.device) -> float:
@@ -336,24 +389,7 @@ def train(
                     "moving_labels": one_hot(batch["moving_labels"].to(dev), spec.labels),
                     "fixed_labels": one_hot(batch["fixed_labels"].to(dev), spec.labels),
                 }
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                output = net(moving, fixed)
-            loss, terms = multilevel_loss(
-                [f.float() for f in output.fields],
-                [r.float() for r in output.residuals],
-                moving,
-                fixed,
-                similarity=lc["similarity"],
-                windows=lc["windows"],
-                sim_weight=float(lc["sim_weight"]),
-                reg_weight=float(lc["reg_weight"]),
-                dice_weight=float(lc["dice_weight"]),
-                penalty=lc["penalty"],
-                **labels,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, terms = training_step(net, optimizer, moving, fixed, lc, amp, **labels)
             scheduler.step()
             step = step_index + 1
             row: dict[str, Any] = {}
