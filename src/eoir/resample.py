@@ -163,7 +163,11 @@ def total_field(
         ``(1, 3, *fixed.shape)``: ``A_f^-1 world A_f (p + disp(p)) - p``, fixed voxels.
     """
     if world is None:  # A_f^-1 A_f (p + disp) - p
-        return disp.float().clone() if disp is not None else torch.zeros(1, 3, *fixed.shape)
+        return (
+            disp.to(torch.float32, copy=True)
+            if disp is not None
+            else torch.zeros(1, 3, *fixed.shape)
+        )
     positions = moving_positions(fixed, fixed.affine, disp, world, dtype=torch.float64)
     device = disp.device if disp is not None else torch.device("cpu")
     return (positions - identity_grid(fixed.shape, device, torch.float64)).float()

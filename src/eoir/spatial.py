@@ -102,29 +102,41 @@ def _check_options(mode: str, padding: str) -> None:
         raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
 
 
-def _grid_sample_grid(positions: torch.Tensor, source_shape: Sequence[int]) -> torch.Tensor:
-    """Turn voxel positions ``(B, ndim, *grid)`` into grid_sample's normalised grid.
+def _normalising_scale(shape: Sequence[int]) -> list[float]:
+    """Per-axis factor from voxels to grid_sample's ``[-1, 1]`` (align_corners=True: voxel 0 ->
+    -1, voxel ``n-1`` -> +1), in array-axis order."""
+    return [2.0 / max(n - 1, 1) for n in shape]
 
-    Uses ``align_corners=True`` (voxel 0 -> -1, voxel ``n-1`` -> +1 along each axis of the
-    sampled image) and returns ``(B, *grid, ndim)`` with the last axis reversed to (x, y[, z]).
-    """
+
+def _grid_sample_grid(positions: torch.Tensor, source_shape: Sequence[int]) -> torch.Tensor:
+    """Turn voxel positions ``(B, ndim, *grid)`` into grid_sample's normalised grid
+    ``(B, *grid, ndim)``, the last axis reversed to (x, y[, z]) (:func:`_normalising_scale`)."""
     ndim = positions.shape[1]
     scale = torch.tensor(
-        [2.0 / max(n - 1, 1) for n in source_shape], device=positions.device, dtype=positions.dtype
+        _normalising_scale(source_shape), device=positions.device, dtype=positions.dtype
     ).view(1, ndim, *([1] * (positions.dim() - 2)))
     return (positions * scale - 1.0).movedim(1, -1).flip(-1)
 
 
-def _sample(image: torch.Tensor, positions: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
-    """:func:`sample` without checks.
+def _working_dtype(image: torch.Tensor) -> torch.dtype:
+    """The dtype an image is sampled in: float32 for reduced-precision images (bf16/fp16
+    features under autocast; a bf16 position is off by up to half a voxel at a hundred voxels),
+    else its own."""
+    return torch.float32 if image.dtype in (torch.bfloat16, torch.float16) else image.dtype
 
-    Reduced-precision images (bf16/fp16 features under autocast) are sampled in float32: a
-    position in bf16 is off by up to half a voxel at a hundred voxels.
-    """
-    if image.dtype in (torch.bfloat16, torch.float16):
-        return _sample(image.float(), positions.float(), mode, padding).to(image.dtype)
-    grid = _grid_sample_grid(positions.to(image.dtype), image.shape[2:])
-    return F.grid_sample(image, grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
+
+def _grid_sample(image: torch.Tensor, grid: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
+    """``F.grid_sample`` (align_corners=True) of ``image`` at a normalised ``grid`` made in
+    :func:`_working_dtype`; the result has the image's dtype."""
+    source = image.to(grid.dtype)
+    out = F.grid_sample(source, grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
+    return out.to(image.dtype)
+
+
+def _sample(image: torch.Tensor, positions: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
+    """:func:`sample` without checks."""
+    grid = _grid_sample_grid(positions.to(_working_dtype(image)), image.shape[2:])
+    return _grid_sample(image, grid, mode, padding)
 
 
 @functools.lru_cache(maxsize=32)
@@ -133,7 +145,7 @@ def _normalised_identity(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """grid_sample's identity grid ``(1, *shape, ndim)`` (last axis (x, y[, z])) and the
     per-axis voxel -> normalised scale ``(ndim,)`` in the same order (align_corners=True)."""
-    scale = [2.0 / max(n - 1, 1) for n in shape]
+    scale = _normalising_scale(shape)
     with torch.inference_mode(False):  # cached: usable later by autograd too
         axes = [
             torch.arange(n, device=device, dtype=dtype) * f - 1.0
@@ -147,16 +159,12 @@ def _resample(image: torch.Tensor, disp: torch.Tensor, mode: str, padding: str) 
     """:func:`warp` without checks, for callers that validated their inputs (the hot loops).
 
     The sampling grid is made in two passes (a reordering copy and one multiply-add onto a
-    cached normalised identity) instead of five. Reduced-precision images (bf16/fp16 features
-    under autocast) are sampled in float32 at float32 positions.
+    cached normalised identity) instead of five.
     """
-    reduced = image.dtype in (torch.bfloat16, torch.float16)
-    dtype = torch.float32 if reduced else image.dtype
+    dtype = _working_dtype(image)
     base, scale = _normalised_identity(tuple(disp.shape[2:]), disp.device, dtype)
     grid = torch.addcmul(base, disp.to(dtype).movedim(1, -1).flip(-1), scale)
-    source = image.float() if reduced else image
-    out = F.grid_sample(source, grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
-    return out.to(image.dtype) if reduced else out
+    return _grid_sample(image, grid, mode, padding)
 
 
 def sample(
