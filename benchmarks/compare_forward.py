@@ -2,9 +2,9 @@
 
 A change worth a few per cent cannot be seen across runs on a shared machine (5-25 % between
 runs); alternating the versions in one session can. Each version runs in its own process
-(``PYTHONPATH=<tree>/src``) on OASIS-TRT-20 14 -> 13 as ``eoir register`` runs it (network at
-half resolution, field upsampled), reports the median of 7 passes, and the fields of the two
-versions are compared.
+(``PYTHONPATH=<tree>/src``) on OASIS-TRT-20 14 -> 13 with ``speed.py``'s harness of the shipped
+model (as ``eoir register`` runs it: network at half resolution, field upsampled; median of up
+to 7 passes after a warm-up), and the fields of the two versions are compared.
 
 Usage::
 
@@ -24,34 +24,19 @@ from pathlib import Path
 import numpy as np
 
 _CHILD = r"""
-import statistics, sys, time
+import sys
 import numpy as np, torch
+sys.path.insert(0, sys.argv[3])  # this checkout's benchmarks: one harness for both trees
+import speed
 from eoir.checkpoint import load_model
-from eoir.io import read_image
-from eoir.preprocess import normalise
-from eoir.spatial import resize_field
 
-images, out = sys.argv[1], sys.argv[2]
-model = load_model("brain-mri", torch.device("cpu"))
-down = int(model.trained_downsample)
-read = lambda n: torch.from_numpy(normalise(read_image(f"{images}/{n}").array, "mri"))[None, None]
-fixed, moving = read("OASISTRT_0013_0000.nii.gz"), read("OASISTRT_0014_0000.nii.gz")
-small = [-(-n // down) for n in fixed.shape[2:]]
-
-def run():
-    with torch.inference_mode():
-        f = torch.nn.functional.interpolate(fixed, small, mode="trilinear", align_corners=True)
-        m = torch.nn.functional.interpolate(moving, small, mode="trilinear", align_corners=True)
-        return resize_field(model(m, f).float(), fixed.shape[2:])
-
-field = run()
-times = []
-for _ in range(7):
-    began = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - began)
-np.save(out, field.numpy())
-print(statistics.median(times))
+images, out, cpu = sys.argv[1], sys.argv[2], torch.device("cpu")
+model = load_model("brain-mri", cpu)
+fixed = speed.read_normalised(f"{images}/OASISTRT_0013_0000.nii.gz", cpu)
+moving = speed.read_normalised(f"{images}/OASISTRT_0014_0000.nii.gz", cpu)
+run = speed.shipped_forward(model, fixed, moving, "float32")
+np.save(out, run().numpy())
+print(speed.median_time(run, cpu, 7))
 """
 
 
@@ -71,7 +56,8 @@ def main() -> None:
         for index, tree in enumerate(args.trees):
             out = folder / f"field{index}.npy"
             env = {**os.environ, "PYTHONPATH": str(tree.resolve() / "src")}
-            command = [sys.executable, "-c", _CHILD, str(images), str(out)]
+            here = str(Path(__file__).resolve().parent)
+            command = [sys.executable, "-c", _CHILD, str(images), str(out), here]
             result = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
             seconds = float(result.stdout.strip().splitlines()[-1])
             print(f"round {round_ + 1}, {tree}: median {seconds:.3f} s", flush=True)

@@ -285,37 +285,46 @@ def _synthetic_pair(shape: tuple[int, ...]) -> tuple[str, str]:
     return str(folder / "fixed.nii.gz"), str(folder / "moving.nii.gz")
 
 
+def read_normalised(path: str, device: torch.device) -> torch.Tensor:
+    """``(1, 1, *shape)`` image of ``path`` with the ``mri`` intensity preset, on ``device``."""
+    from eoir.io import read_image
+    from eoir.preprocess import normalise
+
+    return torch.from_numpy(normalise(read_image(path).array, "mri"))[None, None].to(device)
+
+
+def shipped_forward(model, fixed: torch.Tensor, moving: torch.Tensor, precision: str):
+    """A function running one forward pass as ``eoir register`` runs the model: both images
+    down to the model's training resolution, the network, the field up to the fixed grid."""
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
+    shape = tuple(fixed.shape[2:])
+    small = tuple(-(-n // int(model.trained_downsample)) for n in shape)
+
+    def run():
+        with torch.inference_mode():
+            f = torch.nn.functional.interpolate(fixed, small, mode="trilinear", align_corners=True)
+            m = torch.nn.functional.interpolate(moving, small, mode="trilinear", align_corners=True)
+            with torch.autocast(fixed.device.type, dtype=dtype, enabled=bool(dtype)):
+                disp = model(m, f)
+            return resize_field(disp.float(), shape)
+
+    return run
+
+
 def shipped_model(args, device, limits) -> dict:
     """The shipped model as ``eoir register`` runs it, and the whole command, and ANTs."""
     from eoir.io import read_image
-    from eoir.preprocess import normalise
 
     fixed_path, moving_path, source = _pair(args.data)
     model = load_model("brain-mri", device)
     down = int(model.trained_downsample)
-    fixed = torch.from_numpy(normalise(read_image(fixed_path).array, "mri"))[None, None]
-    moving = torch.from_numpy(normalise(read_image(moving_path).array, "mri"))[None, None]
+    fixed, moving = read_normalised(fixed_path, device), read_normalised(moving_path, device)
     shape = tuple(fixed.shape[2:])
     small = tuple(-(-n // down) for n in shape)
-    fixed, moving = fixed.to(device), moving.to(device)
     out: dict = {"pair": source, "shape": "x".join(map(str, shape)), "model_input": small}
 
     def forward(precision: str):
-        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(precision)
-
-        def run():
-            with torch.inference_mode():
-                f = torch.nn.functional.interpolate(
-                    fixed, small, mode="trilinear", align_corners=True
-                )
-                m = torch.nn.functional.interpolate(
-                    moving, small, mode="trilinear", align_corners=True
-                )
-                with torch.autocast(device.type, dtype=dtype, enabled=bool(dtype)):
-                    disp = model(m, f)
-                return resize_field(disp.float(), shape)
-
-        return run
+        return shipped_forward(model, fixed, moving, precision)
 
     macs = count_multiply_adds(model, small)
     labels = [Path(p.replace("imagesTr", "labelsTr")) for p in (fixed_path, moving_path)]
