@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import io
+import itertools
 import zlib
 
 import nibabel as nib
@@ -25,6 +27,7 @@ from eoir.io import (
     write_image,
 )
 from eoir.resample import moving_positions, to_fixed_grid, total_field, warp_image
+from eoir.spatial import field_to_world
 
 
 def oblique_affine(spacing, angles, flips, origin) -> np.ndarray:
@@ -114,12 +117,30 @@ def test_parallel_gzip_is_one_standard_member(tmp_path, geometry, monkeypatch, t
     rng = np.random.default_rng(0)
     payload = np.repeat(rng.integers(0, 5, 3000, dtype=np.uint8), 4).tobytes()  # with runs
     for data in (payload, b"", b"x"):
-        stream = b"".join(gzip_writer.gzip_parts(data, threads))
-        inflate = zlib.decompressobj(31)  # one gzip member, checked CRC and length
-        assert inflate.decompress(stream) == data
-        assert inflate.eof and inflate.unused_data == b""
-        assert gzip.decompress(stream) == data
-    assert len(b"".join(gzip_writer.gzip_parts(payload, threads))) < len(payload) / 2
+        for pieces in (1, 7):  # written at once, or in uneven pieces (bytes and bytearray)
+            target = io.BytesIO()
+            with gzip_writer.GzipStream(target, threads) as stream:
+                cuts = np.linspace(0, len(data), pieces + 1).astype(int)
+                for i, (a, b) in enumerate(itertools.pairwise(cuts)):
+                    piece = data[a:b]
+                    stream.write(piece if i % 2 else bytearray(piece))
+                    assert stream.tell() == b
+            compressed = target.getvalue()
+            inflate = zlib.decompressobj(31)  # one gzip member, checked CRC and length
+            assert inflate.decompress(compressed) == data
+            assert inflate.eof and inflate.unused_data == b""
+            assert gzip.decompress(compressed) == data
+    target = io.BytesIO()
+    with gzip_writer.GzipStream(target, threads) as stream:
+        stream.write(payload)
+    assert len(target.getvalue()) < len(payload) / 2
+    # an error inside the block leaves the stream unfinished (no trailer): the file is discarded
+    target = io.BytesIO()
+    with pytest.raises(RuntimeError), gzip_writer.GzipStream(target, threads) as stream:
+        stream.write(payload)
+        raise RuntimeError("writer failed")
+    with pytest.raises((EOFError, zlib.error, OSError)):
+        gzip.decompress(target.getvalue())
     # a field written in many blocks reads in ITK and nibabel alike
     fixed, _ = geometry
     disp = smooth_field(fixed.shape, 2.0, seed=1)
@@ -128,6 +149,36 @@ def test_parallel_gzip_is_one_standard_member(tmp_path, geometry, monkeypatch, t
     itk = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "f.nii.gz")))
     np.testing.assert_array_equal(np.moveaxis(itk, (0, 1, 2), (2, 1, 0)), ours)
     torch.testing.assert_close(read_field(tmp_path / "f.nii.gz")[0], disp, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("oblique", [True, False])
+def test_nifti_field_file_is_nibabels_image_of_the_world_field(tmp_path, geometry, oblique):
+    """The streamed ``.nii.gz`` field holds the bytes nibabel writes for the float64 world
+    field rounded to float32 (header equal; values within one float32 rounding)."""
+    fixed, _ = geometry
+    if not oblique:  # axis-aligned, spacings exact in float32: one product each, exact
+        fixed = Image(fixed.array, np.diag([-1.0, 0.5, 2.0, 1.0]))
+    disp = smooth_field(fixed.shape, 3.0, seed=6)
+    write_field(tmp_path / "f.nii.gz", disp, fixed)
+    written = gzip.decompress((tmp_path / "f.nii.gz").read_bytes())
+    lps = field_to_world(disp.double(), fixed.affine, frame="lps")[0].numpy().astype(np.float32)
+    data = np.moveaxis(lps, 0, -1)[:, :, :, None, :]
+    image = nib.Nifti1Image(data, fixed.affine)
+    image.set_data_dtype(np.float32)
+    image.set_sform(fixed.affine, code=1)
+    image.set_qform(fixed.affine, code=1)
+    image.header.set_slope_inter(1.0, 0.0)
+    image.header.set_xyzt_units("mm")
+    image.header.set_intent("vector")
+    expected = image.to_bytes()
+    assert len(written) == len(expected)
+    assert written[:352] == expected[:352]
+    ours = np.frombuffer(written[352:], np.float32)
+    theirs = np.frombuffer(expected[352:], np.float32)
+    if oblique:
+        np.testing.assert_allclose(ours, theirs, rtol=3e-7, atol=1e-6)
+    else:
+        assert np.array_equal(ours, theirs)
 
 
 def test_itk_nifti_field_header(tmp_path, geometry):

@@ -11,6 +11,7 @@ from scipy import ndimage
 
 from conftest import smooth_field
 from eoir.metrics import (
+    determinant_stats,
     dice_per_label,
     evaluation_labels,
     hd95,
@@ -131,6 +132,40 @@ def test_jacobian_stats_identity_fold_and_l2r_convention():
     stats = jacobian_stats(torch.as_tensor(disp).unsqueeze(0))
     assert stats["sdlogj"] == pytest.approx(_l2r_sdlogj(disp), rel=1e-9)
     assert 0 < stats["sdlogj"] < stats["std_log_j"]
+
+
+@pytest.mark.parametrize("shape", [(21, 9, 4), (3, 30, 7), (19, 23)])
+@pytest.mark.parametrize("amplitude", [0.3, 4.0])  # no folding / many folded voxels
+def test_jacobian_stats_over_slabs_equal_whole_map_statistics(shape, amplitude):
+    """The statistics are accumulated slab by slab (8 planes); they equal those of the whole
+    determinant map computed with numpy, crop (axes longer than 4) and masks included."""
+    disp = smooth_field(shape, amplitude, seed=5)[0].double().numpy()
+    det = np.asarray(_numpy_determinant(disp))
+    crop = det[tuple(slice(2, -2) if n > 4 else slice(None) for n in shape)]
+    want = {
+        "folding_percent": 100.0 * float((det <= 0).mean()),
+        "sdlogj": float(np.log(np.clip(crop + 3, 1e-9, 1e9)).std()),
+        "std_log_j": float(np.log(crop[crop > 0]).std()),
+    }
+    got = jacobian_stats(torch.as_tensor(disp, dtype=torch.float32))
+    assert got["folding_percent"] == pytest.approx(want["folding_percent"], abs=1e-12)
+    assert got["sdlogj"] == pytest.approx(want["sdlogj"], rel=1e-5)  # a float32 field
+    assert got["std_log_j"] == pytest.approx(want["std_log_j"], rel=1e-5)
+    exact = determinant_stats(torch.as_tensor(det))
+    for key, value in want.items():
+        assert exact[key] == pytest.approx(value, rel=1e-10, abs=1e-14)
+    if amplitude > 1:
+        assert want["folding_percent"] > 0
+
+
+def _numpy_determinant(disp: np.ndarray) -> np.ndarray:
+    ndim = disp.shape[0]
+    grads = [np.gradient(disp[i]) for i in range(ndim)]  # grads[i][j] = d u_i / d x_j
+    jac = np.empty((ndim, ndim, *disp.shape[1:]))
+    for i in range(ndim):
+        for j in range(ndim):
+            jac[i, j] = grads[i][j] + (i == j)
+    return np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))
 
 
 def test_tre_through_a_translation_field_in_lps():

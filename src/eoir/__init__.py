@@ -7,29 +7,44 @@ back: ``warped(p) = moving(p + disp(p))``.
 
 __version__ = "0.1.0"
 
-from eoir.api import RegistrationResult, register
-from eoir.errors import InputError
-from eoir.losses import (
-    dice_loss,
-    gradient_loss,
-    mind_loss,
-    mse_loss,
-    multilevel_loss,
-    ncc_loss,
-    one_hot,
-)
-from eoir.metrics import dice_per_label, hd95, jacobian_stats, mean_dice, mean_hd95, tre
-from eoir.model import EOIR, EOIROutput
-from eoir.spatial import (
-    compose,
-    field_from_world,
-    field_to_world,
-    identity_grid,
-    integrate,
-    jacobian_determinant,
-    resize_field,
-    warp,
-)
+import gc as _gc
+
+# Importing torch creates about a million Python objects. The cyclic garbage collector would
+# walk them again and again while they are made, and once more in full afterwards (~0.15 s of
+# every command's start on a 2-core CPU): it is paused during the package's imports, and what
+# they made is moved to the oldest generation without a walk (freeze, then unfreeze: nothing
+# is exempt from later collections).
+_collecting = _gc.isenabled()
+_gc.disable()
+try:
+    from eoir.api import RegistrationResult, register
+    from eoir.errors import InputError
+    from eoir.losses import (
+        dice_loss,
+        gradient_loss,
+        mind_loss,
+        mse_loss,
+        multilevel_loss,
+        ncc_loss,
+        one_hot,
+    )
+    from eoir.metrics import dice_per_label, hd95, jacobian_stats, mean_dice, mean_hd95, tre
+    from eoir.model import EOIR, EOIROutput
+    from eoir.spatial import (
+        compose,
+        field_from_world,
+        field_to_world,
+        identity_grid,
+        integrate,
+        jacobian_determinant,
+        resize_field,
+        warp,
+    )
+finally:
+    _gc.freeze()
+    _gc.unfreeze()
+    if _collecting:
+        _gc.enable()
 
 __all__ = [
     "EOIR",

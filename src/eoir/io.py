@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from eoir.errors import InputError, reason
-from eoir.gzip_writer import write_gzip
+from eoir.gzip_writer import GzipStream
 from eoir.spatial import field_from_world, field_to_world, lps_affine
 
 if TYPE_CHECKING:
@@ -305,23 +305,22 @@ class OutputSet:
         fmt : {"itk", "l2r"}
             ITK/ANTs world field (LPS mm) or Learn2Reg voxel field.
         """
-        d = torch.as_tensor(disp).detach().cpu().double()
+        d = torch.as_tensor(disp).detach().cpu()
         if d.dim() == 4:
             d = d.unsqueeze(0)
         if tuple(d.shape[1:]) != (3, *reference.shape):
             raise ValueError(f"field {tuple(d.shape)} is not a 3-D field on grid {reference.shape}")
         check_field_target(target, fmt)
         path = self.temp(target)
-        if fmt == "l2r":
-            data = d[0].permute(1, 2, 3, 0).numpy().astype(np.float32)
+        if _suffix(path) in NIFTI_SUFFIXES:
+            matrix = np.eye(3) if fmt == "l2r" else lps_affine(reference.affine)[:3, :3]
+            data = _nifti_vectors(d[0], matrix)  # (X, Y, Z, 3)
+            if fmt == "itk":
+                data = data[:, :, :, None, :]  # (X, Y, Z, 1, 3)
             _save_nifti(path, data, reference, intent="vector")
             return
-        lps = field_to_world(d, reference.affine, frame="lps")[0].numpy().astype(np.float32)
-        if _suffix(path) in NIFTI_SUFFIXES:
-            data = np.moveaxis(lps, 0, -1)[:, :, :, None, :]  # (X, Y, Z, 1, 3)
-            _save_nifti(path, data, reference, intent="vector")
-        else:
-            _save_sitk(path, np.moveaxis(lps, 0, -1), reference, vector=True)
+        lps = field_to_world(d.double(), reference.affine, frame="lps")[0]
+        _save_sitk(path, np.moveaxis(lps.numpy().astype(np.float32), 0, -1), reference, vector=True)
 
     def __enter__(self) -> OutputSet:
         return self
@@ -339,6 +338,34 @@ class OutputSet:
         self._temps.clear()
 
 
+def _nifti_vectors(disp: torch.Tensor, matrix: np.ndarray) -> np.ndarray:
+    """``matrix @ disp`` per voxel as NIfTI stores vectors, in one pass.
+
+    Parameters
+    ----------
+    disp : torch.Tensor
+        ``(3, X, Y, Z)`` field.
+    matrix : numpy.ndarray
+        ``(3, 3)``, e.g. the fixed grid's voxel -> LPS mm directions times spacing.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(X, Y, Z, 3)`` float32 in Fortran order (x fastest, the component slowest: NIfTI's
+        order on disk, so the writer copies it as it is); computed in float32 (within one unit
+        of the last place of a float64 product rounded to float32).
+    """
+    source = disp.to(torch.float32).permute(0, 3, 2, 1)  # (3, Z, Y, X) view
+    out = torch.empty(source.shape, dtype=torch.float32)
+    for c in range(3):
+        terms = [(k, float(m)) for k, m in enumerate(matrix[c]) if m != 0] or [(0, 0.0)]
+        (k, m), rest = terms[0], terms[1:]
+        torch.mul(source[k], m, out=out[c])
+        for k, m in rest:
+            out[c].add_(source[k], alpha=m)
+    return out.numpy().transpose(3, 2, 1, 0)
+
+
 def _save_nifti(path: Path, data: np.ndarray, reference: Image, intent: str | None = None):
     header = reference.header.copy() if reference.header is not None else None
     image = nib.Nifti1Image(data, reference.affine, header=header)
@@ -354,7 +381,10 @@ def _save_nifti(path: Path, data: np.ndarray, reference: Image, intent: str | No
     else:
         image.header.set_intent("none")
     if _suffix(path) == ".nii.gz":
-        write_gzip(path, image.to_bytes())  # parallel, ~2.7x faster than nibabel's gzip
+        # nibabel writes the header and the data slice by slice into a parallel gzip stream
+        # (~2.7x faster than its own gzip; no uncompressed copy of the file in memory)
+        with path.open("wb") as target, GzipStream(target) as stream:
+            image.to_file_map({"image": nib.FileHolder(fileobj=stream)})
     else:
         nib.save(image, str(path))
 

@@ -20,7 +20,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from eoir.spatial import jacobian_determinant, sample_at_points, voxel_to_world, world_to_voxel
+from eoir.spatial import (
+    jacobian_determinant_slabs,
+    sample_at_points,
+    voxel_to_world,
+    world_to_voxel,
+)
 
 __all__ = [
     "determinant_stats",
@@ -282,17 +287,74 @@ def jacobian_stats(
         raise ValueError(
             f"disp must be (ndim, *spatial) or (1, ndim, *spatial), got {tuple(np.shape(disp))}"
         )
-    return determinant_stats(jacobian_determinant(d.unsqueeze(0).double(), spacing)[0])
+    stats = _DeterminantStats(tuple(d.shape[1:]))
+    for start, det in jacobian_determinant_slabs(d.unsqueeze(0), spacing, torch.float64):
+        stats.add(start, det[0])
+    return stats.result()
 
 
 def determinant_stats(jac: torch.Tensor) -> dict[str, float]:
     """:func:`jacobian_stats` from a Jacobian determinant map ``(*spatial)`` already computed."""
-    folding = 100.0 * float((jac <= 0).double().mean())
-    crop = jac[tuple(slice(2, -2) if n > 4 else slice(None) for n in jac.shape)]
-    sdlogj = float(torch.log((crop + 3.0).clamp(1e-9, 1e9)).std(unbiased=False))
-    positive = crop[crop > 0]
-    std_log_j = float(torch.log(positive).std(unbiased=False)) if positive.numel() else float("nan")
-    return {"folding_percent": folding, "sdlogj": sdlogj, "std_log_j": std_log_j}
+    stats = _DeterminantStats(tuple(jac.shape))
+    for start in range(0, jac.shape[0], 8):
+        stats.add(start, jac[start : start + 8].double())
+    return stats.result()
+
+
+class _Moments:
+    """Count, mean and sum of squared deviations of values seen in parts (Chan et al.'s
+    pairwise merge: no cancellation however small the spread)."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, values: torch.Tensor) -> None:
+        n = values.numel()
+        if n == 0:
+            return
+        mean = float(values.mean())
+        m2 = float((values - mean).square_().sum())
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    def std(self) -> float:
+        return (self.m2 / self.count) ** 0.5 if self.count else float("nan")
+
+
+class _DeterminantStats:
+    """The statistics of :func:`jacobian_stats`, accumulated over slabs of planes of the first
+    axis of a determinant map ``shape`` (each plane once, in any order)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.folded = 0
+        self.sdlogj, self.log_j = _Moments(), _Moments()
+        # Learn2Reg's crop: 2 voxels off each side of axes longer than 4
+        self.crop = [(2, n - 2) if n > 4 else (0, n) for n in shape]
+
+    def add(self, start: int, det: torch.Tensor) -> None:
+        """``det``: ``(planes, *rest)``, planes ``start, start + 1, ...`` of the map."""
+        positive = bool(det.amin() > 0)  # the usual case: no masks needed
+        if not positive:
+            self.folded += int((det <= 0).sum())
+        (low, high), rest = self.crop[0], self.crop[1:]
+        first, last = max(low, start), min(high, start + det.shape[0])
+        if first >= last:
+            return
+        crop = det[(slice(first - start, last - start), *(slice(a, b) for a, b in rest))]
+        self.sdlogj.add(torch.log((crop + 3.0).clamp_(1e-9, 1e9)))
+        self.log_j.add(torch.log(crop if positive else crop[crop > 0]))
+
+    def result(self) -> dict[str, float]:
+        voxels = int(np.prod(self.shape))
+        return {
+            "folding_percent": 100.0 * self.folded / voxels,
+            "sdlogj": self.sdlogj.std(),
+            "std_log_j": self.log_j.std(),
+        }
 
 
 def tre(

@@ -25,8 +25,44 @@ from eoir.spatial import compose, crop_to_shape, integrate, pad_to_multiple, res
 __all__ = ["EOIR", "EOIROutput", "FlowEstimator", "LargeKernelBlock", "SharedEncoder"]
 
 
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that runs oneDNN for every float32 inference call on a CPU.
+
+    PyTorch sends a batch of one with ``C * D * H <= 20480`` (the coarse pyramid levels) to its
+    reference kernel: 32 -> 32 channels at 26x22x20 take 25 ms there and 2.6 ms in oneDNN. The
+    same parameters and state dict as ``nn.Conv3d``; training and autocast take the usual path.
+    """
+
+    def _conv_forward(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if (
+            _ONEDNN
+            and x.device.type == "cpu"
+            and x.dtype == weight.dtype == torch.float32
+            and not torch.is_grad_enabled()
+            and not _cpu_autocast()
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+        ):
+            return torch.ops.aten.mkldnn_convolution(
+                x, weight, bias, self.padding, self.stride, self.dilation, self.groups
+            )
+        return super()._conv_forward(x, weight, bias)
+
+
+_ONEDNN = torch.backends.mkldnn.is_available()
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 def _conv(ndim: int, cin: int, cout: int, k: int) -> nn.Module:
-    conv = nn.Conv3d if ndim == 3 else nn.Conv2d
+    conv = Conv3d if ndim == 3 else nn.Conv2d
     return conv(cin, cout, kernel_size=k, padding=k // 2)
 
 

@@ -6,12 +6,13 @@ Normalisation is internal only: outputs keep the moving image's own intensities.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from eoir.errors import InputError
 from eoir.io import Image, as_sitk_image
 from eoir.spatial import lps_affine
 
-__all__ = ["PRESETS", "affine_align", "check_finite", "is_constant", "normalise"]
+__all__ = ["PRESETS", "affine_align", "check_finite", "is_constant", "normalise", "percentiles"]
 
 PRESETS = ("mri", "ct", "lung", "none")
 CT_WINDOWS = {
@@ -38,7 +39,7 @@ def normalise(array: np.ndarray, preset: str = "mri") -> np.ndarray:
     Parameters
     ----------
     array : numpy.ndarray
-        ``(X, Y, Z)`` intensities in any dtype.
+        ``(X, Y, Z)`` intensities in any dtype (not modified).
     preset : {"mri", "ct", "lung", "none"}
         ``mri``: robust min-max, the 0.5th and 99.5th percentiles to 0 and 1, clipped;
         ``ct``: the HU window [-500, 800] to [0, 1], clipped (the paper's, for abdomen CT: it
@@ -48,22 +49,61 @@ def normalise(array: np.ndarray, preset: str = "mri") -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        ``(X, Y, Z)`` float32.
+        ``(X, Y, Z)`` float32, a new array.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
-    x = np.asarray(array, dtype=np.float32)
+    x = np.array(array, dtype=np.float32)  # a native-order copy, scaled in place below
     if preset == "none":
         return x
     if preset in CT_WINDOWS:
         lo, hi = CT_WINDOWS[preset]
     else:
-        lo, hi = (float(v) for v in np.percentile(x, [0.5, 99.5]))
+        lo, hi = percentiles(array if array.dtype.kind in "iu" else x, (0.5, 99.5))
         if hi <= lo:
             lo, hi = float(x.min()), float(x.max())
     if hi <= lo:
         return np.zeros_like(x)
-    return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    # in place and on all cores (numpy's three passes took 0.13 s for a brain volume); the
+    # scalars are float32 values, so the arithmetic is numpy's float32 arithmetic
+    torch.from_numpy(x).sub_(float(np.float32(lo))).div_(float(np.float32(hi) - np.float32(lo)))
+    torch.from_numpy(x).clamp_(0.0, 1.0)
+    return x
+
+
+_HISTOGRAM_LEVELS = 1 << 20  # integer images spanning at most this many values: a histogram
+
+
+def percentiles(array: np.ndarray, q: tuple[float, ...]) -> tuple[float, ...]:
+    """``numpy.percentile(array, q)`` (linear interpolation) as floats.
+
+    Integer images spanning up to 2**20 values (MR and CT volumes) take their order statistics
+    from a histogram (one counting pass; exact) instead of numpy's partial sorts of a copy.
+    """
+    if array.dtype.kind not in "iu" or array.size == 0:
+        return tuple(float(v) for v in np.percentile(array, q))
+    low, high = int(array.min()), int(array.max())
+    if high - low >= _HISTOGRAM_LEVELS:
+        return tuple(float(v) for v in np.percentile(array, q))
+    native = np.asarray(array, dtype=array.dtype.newbyteorder("="))
+    # offsets from the minimum in the same width (a signed difference wraps to the right
+    # unsigned value), counted
+    offsets = (native.ravel() - native.dtype.type(low)).view(f"u{native.dtype.itemsize}")
+    if offsets.dtype.itemsize == 8:
+        offsets = offsets.astype(np.intp)
+    cumulative = np.cumsum(np.bincount(offsets))
+    n = array.size
+    out = []
+    for quantile in np.asarray(q, dtype=np.float64) / 100:
+        virtual = (n - 1) * quantile  # numpy's "linear" method
+        previous = int(min(max(np.floor(virtual), 0), n - 1))
+        following = min(previous + 1, n - 1)
+        a, b = (
+            float(low + np.searchsorted(cumulative, k, side="right")) for k in (previous, following)
+        )
+        t = float(virtual - previous)
+        out.append(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)  # numpy's lerp
+    return tuple(out)
 
 
 def affine_align(

@@ -15,7 +15,7 @@ Conventions (the one home of each; the rest of the package imports them from her
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ __all__ = [
     "identity_grid",
     "integrate",
     "jacobian_determinant",
+    "jacobian_determinant_slabs",
     "lps_affine",
     "pad_to_multiple",
     "resize_field",
@@ -127,10 +128,36 @@ def _working_dtype(image: torch.Tensor) -> torch.dtype:
 
 def _grid_sample(image: torch.Tensor, grid: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
     """``F.grid_sample`` (align_corners=True) of ``image`` at a normalised ``grid`` made in
-    :func:`_working_dtype`; the result has the image's dtype."""
+    :func:`_working_dtype`; the result has the image's dtype.
+
+    PyTorch's CPU kernels share their work among threads by batch item only, so a batch of one
+    runs on one core. On a CPU with several threads, a batch of one is sampled as a batch of
+    slabs of the output grid (along its first axis; the image expanded, not copied): the same
+    values, bit for bit, on all cores (2 cores: 2-2.2x faster, forward and backward).
+    """
     source = image.to(grid.dtype)
-    out = F.grid_sample(source, grid, mode=_MODES[mode], padding_mode=padding, align_corners=True)
-    return out.to(image.dtype)
+    parts = min(torch.get_num_threads(), grid.shape[1])
+    if grid.device.type != "cpu" or grid.shape[0] != 1 or source.shape[0] != 1 or parts < 2:
+        out = F.grid_sample(
+            source, grid, mode=_MODES[mode], padding_mode=padding, align_corners=True
+        )
+        return out.to(image.dtype)
+    planes = grid.shape[1]
+    per_part = -(-planes // parts)
+    extra = per_part * parts - planes
+    if extra:  # pad the last slab with copies of the first planes, cropped from the result
+        grid = torch.cat([grid, grid[:, :extra]], dim=1)
+    slabs = grid.reshape(parts, per_part, *grid.shape[2:])
+    out = F.grid_sample(
+        source.expand(parts, *source.shape[1:]),
+        slabs,
+        mode=_MODES[mode],
+        padding_mode=padding,
+        align_corners=True,
+    )
+    # (parts, C, per_part, ...) -> (1, C, parts * per_part, ...): one reordering copy
+    out = out.movedim(0, 1).reshape(1, out.shape[1], parts * per_part, *out.shape[3:])
+    return out[:, :, :planes].contiguous().to(image.dtype)
 
 
 def _sample(image: torch.Tensor, positions: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
@@ -405,30 +432,52 @@ def jacobian_determinant(
     torch.Tensor
         ``(B, *spatial)`` determinant (dimensionless: 1 = volume kept, <= 0 = folding).
     """
+    out = disp.new_empty(disp.shape[0], *disp.shape[2:])
+    for start, det in jacobian_determinant_slabs(disp, spacing):
+        out[:, start : start + det.shape[1]] = det
+    return out
+
+
+def jacobian_determinant_slabs(
+    disp: torch.Tensor, spacing: Sequence[float] | None = None, dtype: torch.dtype | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """:func:`jacobian_determinant` slab by slab along the first spatial axis, in order.
+
+    Each slab of a few planes is differenced with a one-plane halo, so its values are those of
+    the whole grid; the temporaries stay in cache (3-4x faster than whole-grid differences). A
+    consumer can reduce the slabs without the whole map ever existing.
+
+    ``dtype`` (default: the field's) is the arithmetic's: each slab is converted on its own
+    (e.g. a float32 field, float64 determinants, without a float64 copy of the field).
+
+    Yields
+    ------
+    (int, torch.Tensor)
+        First plane of the slab and its ``(B, planes, *rest)`` determinant.
+    """
     ndim = _check_field(disp)
     steps = [1.0] * ndim if spacing is None else [float(s) for s in spacing]
     if len(steps) != ndim:
         raise ValueError(f"spacing must have {ndim} entries, got {spacing}")
     dims = tuple(range(2, 2 + ndim))
     size = disp.shape[2]
-    out = disp.new_empty(disp.shape[0], *disp.shape[2:])
-    # slabs of a few planes along the first axis (each with a one-plane halo, so the central
-    # differences are those of the whole grid): the temporaries stay in cache, ~6x faster
     for start in range(0, size, _JACOBIAN_PLANES):
         stop = min(size, start + _JACOBIAN_PLANES)
         low, high = max(0, start - 1), min(size, stop + 1)
         # grads[j][:, i] = d disp_i / d x_j on the slab's own planes
         grads = [
             g[:, :, start - low : stop - low]
-            for g in torch.gradient(disp[:, :, low:high], spacing=steps, dim=dims)
+            for g in torch.gradient(
+                disp[:, :, low:high].to(dtype or disp.dtype), spacing=steps, dim=dims
+            )
         ]
-        out[:, start:stop] = _determinant(
-            [[grads[j][:, i] + float(i == j) for j in range(ndim)] for i in range(ndim)]
-        )
-    return out
+        jac = [[grads[j][:, i] for j in range(ndim)] for i in range(ndim)]
+        for i in range(ndim):
+            jac[i][i] = jac[i][i] + 1.0
+        yield start, _determinant(jac)
 
 
-_JACOBIAN_PLANES = 4
+_JACOBIAN_PLANES = 8
 
 
 def _determinant(jac: list[list[torch.Tensor]]) -> torch.Tensor:
