@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from eoir.io import Image
-from eoir.spatial import identity_grid, sample, transform_positions
+from eoir.spatial import identity_grid, sample, transform_positions, warp
 
 __all__ = ["moving_positions", "to_fixed_grid", "total_field", "warp_image"]
 
@@ -102,8 +102,11 @@ def to_fixed_grid(
             dtype = torch.float64
     device = disp.device if disp is not None else torch.device("cpu")
     image = torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)[None, None]
-    if disp is None and world is None and moving.same_grid(fixed):
-        return image
+    if world is None and moving.same_grid(fixed):
+        if disp is None:
+            return image
+        # one grid: the field's own warp (a sampling grid in one pass, no position map)
+        return warp(image, disp.to(dtype), mode=mode, padding="zeros")
     positions = moving_positions(fixed, moving.affine, disp, world, dtype)
     return sample(image, positions, mode=mode, padding="zeros")
 
@@ -133,14 +136,14 @@ def warp_image(
     numpy.ndarray
         ``(*fixed.shape)`` in ``moving.array``'s dtype (rounded and clipped for integer types).
     """
-    warped = to_fixed_grid(moving, fixed, disp=disp, mode=mode)[0, 0].cpu().numpy()
+    warped = to_fixed_grid(moving, fixed, disp=disp, mode=mode)[0, 0].cpu()
     dtype = moving.array.dtype
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        warped = np.clip(np.rint(warped), info.min, info.max)
+        warped = warped.round_().clamp_(info.min, info.max)  # half to even, as numpy.rint
     elif dtype == np.bool_:
         warped = warped > 0.5
-    return warped.astype(dtype, copy=False)
+    return warped.numpy().astype(dtype, copy=False)
 
 
 def total_field(
