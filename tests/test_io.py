@@ -134,6 +134,15 @@ def test_parallel_gzip_is_one_standard_member(tmp_path, geometry, monkeypatch, t
     with gzip_writer.GzipStream(target, threads) as stream:
         stream.write(payload)
     assert len(target.getvalue()) < len(payload) / 2
+    # blocks that would shrink by under 10 % (float fields) are stored, not compressed
+    monkeypatch.setattr(gzip_writer, "BLOCK_BYTES", 200_000)
+    noise = rng.integers(0, 256, 1_000_000, dtype=np.uint8).tobytes()
+    target = io.BytesIO()
+    with gzip_writer.GzipStream(target, threads) as stream:
+        stream.write(noise)
+        stream.write(payload)  # a compressible tail (under two samples: compressed as it is)
+    assert gzip.decompress(target.getvalue()) == noise + payload
+    assert len(noise) < len(target.getvalue()) < len(noise) * 1.001 + len(payload) / 2
     # an error inside the block leaves the stream unfinished (no trailer): the file is discarded
     target = io.BytesIO()
     with pytest.raises(RuntimeError), gzip_writer.GzipStream(target, threads) as stream:

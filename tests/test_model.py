@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eoir.complexity import count_multiply_adds, count_parameters
-from eoir.model import EOIR, ConvNormAct, EOIROutput
+from eoir.model import EOIR, Conv3d, ConvNormAct, EOIROutput
 
 
 @pytest.mark.parametrize(
@@ -252,3 +252,24 @@ def test_in_place_inference_blocks_equal_the_autograd_path():
         assert (block(x) - torch.nn.Sequential.forward(block, x)).abs().max() < 1e-5
     reference = model(moving, fixed)  # autograd on: the plain modules
     assert (fast - reference.detach()).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(9, 7, 6), (30, 22, 20)])  # PyTorch's reference-kernel sizes
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_onednn_inference_convolution_equals_the_module_path(shape, channels_last):
+    torch.manual_seed(0)
+    conv = Conv3d(12, 9, kernel_size=3, padding=1)
+    x = torch.randn(1, 12, *shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    assert list(conv.state_dict()) == list(torch.nn.Conv3d(12, 9, 3).state_dict())
+    reference = torch.nn.functional.conv3d(x, conv.weight, conv.bias, padding=1)
+    with torch.inference_mode():
+        fast = conv(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast takes the module path
+            low = conv(x)
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), reference, rtol=0.05, atol=0.1)
+    conv(x.requires_grad_()).sum().backward()  # training: the module path, with gradients
+    assert x.grad is not None

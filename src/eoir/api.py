@@ -180,8 +180,8 @@ class RegistrationResult:
         if (labels is None) != (warped_labels is None):
             raise InputError("--moving-labels and --warped-labels go together")
         label_array = self.warp_labels(labels) if labels is not None else None
-        # the field (the largest file: compressing it is most of the writing) is written in a
-        # thread while the images are warped and written (zlib and torch release the GIL)
+        # the field (the largest file) is written in a thread while the images are warped and
+        # written (zlib and torch release the GIL)
         with ThreadPoolExecutor(max_workers=1) as pool:
             job = None
             if field is not None:

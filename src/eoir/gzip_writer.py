@@ -7,8 +7,9 @@ independently on several threads (zlib releases the GIL) with zlib's run-length 
 (``Z_RLE``: matches at distance 1 only, which is what floats and images with a zero background
 offer; ~2.7x faster than level 1 for the same size on fields, smaller on MR images), each block
 but the last ending in a sync flush so that the blocks join into a single deflate stream — the
-layout of ``pigz``. The result is one ordinary gzip member that every reader (zlib, Python's
-gzip, nibabel, ITK/ANTs/3D Slicer) reads.
+layout of ``pigz``. A block whose sample barely compresses (a float field's 4 MiB shrink by
+~8 % for 0.13 CPU-seconds) is stored instead (deflate's stored blocks). The result is one
+ordinary gzip member that every reader (zlib, Python's gzip, nibabel, ITK/ANTs/3D Slicer) reads.
 
 :class:`GzipStream` is a write-only file object: a writer (nibabel writing a NIfTI image slice
 by slice) hands it the uncompressed bytes in pieces of any size; blocks are compressed while

@@ -38,6 +38,7 @@ class Conv3d(nn.Conv3d):
     ) -> torch.Tensor:
         if (
             _ONEDNN
+            and torch.backends.mkldnn.enabled
             and x.device.type == "cpu"
             and x.dtype == weight.dtype == torch.float32
             and not torch.is_grad_enabled()
