@@ -88,23 +88,19 @@ def test_batch_of_one_sampled_in_slabs_on_all_threads_equals_one_call(shape, mod
     ndim = len(shape)
     image = torch.rand(1, 4, *shape, requires_grad=True)
     disp = (3 * torch.rand(1, ndim, *shape) - 1.5).requires_grad_()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
-        out = warp(image, disp, mode=mode, padding=padding)
-        grads = torch.autograd.grad(
-            (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum(), (image, disp)
-        )
-    finally:
+
+    def warp_on(threads: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        before = torch.get_num_threads()
         torch.set_num_threads(threads)
-    torch.set_num_threads(1)  # one thread: the unsplit call
-    try:
-        ref = warp(image, disp, mode=mode, padding=padding)
-        ref_grads = torch.autograd.grad(
-            (ref * torch.linspace(0, 1, ref.numel()).view_as(ref)).sum(), (image, disp)
-        )
-    finally:
-        torch.set_num_threads(threads)
+        try:
+            out = warp(image, disp, mode=mode, padding=padding)
+            weights = torch.linspace(0, 1, out.numel()).view_as(out)
+            return out, torch.autograd.grad((out * weights).sum(), (image, disp))
+        finally:
+            torch.set_num_threads(before)
+
+    out, grads = warp_on(3)
+    ref, ref_grads = warp_on(1)  # one thread: the unsplit call
     assert out.shape == ref.shape and out.is_contiguous()
     assert torch.equal(out, ref)
     for got, want in zip(grads, ref_grads, strict=True):
