@@ -30,6 +30,9 @@ def test_wide_integer_span_and_floats_fall_back_to_numpy():
         assert percentiles(array, (0.5, 99.5)) == tuple(
             float(v) for v in np.percentile(array, (0.5, 99.5))
         )
+    # a span wider than int32 (numpy's own int32 difference would wrap around)
+    extreme = np.array([-2_000_000_000, 2_000_000_000], dtype=np.int32)
+    assert percentiles(extreme, (25.0,)) == (-1_000_000_000.0,)
 
 
 def _reference_mri(array: np.ndarray) -> np.ndarray:

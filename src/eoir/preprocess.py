@@ -83,8 +83,8 @@ def percentiles(array: np.ndarray, q: tuple[float, ...]) -> tuple[float, ...]:
     if array.dtype.kind not in "iu" or array.size == 0:
         return tuple(float(v) for v in np.percentile(array, q))
     low, high = int(array.min()), int(array.max())
-    if high - low >= _HISTOGRAM_LEVELS:
-        return tuple(float(v) for v in np.percentile(array, q))
+    if high - low >= _HISTOGRAM_LEVELS:  # in float64: numpy's integer b - a can wrap around
+        return tuple(float(v) for v in np.percentile(array.astype(np.float64), q))
     native = np.asarray(array, dtype=array.dtype.newbyteorder("="))
     # offsets from the minimum in the same width (a signed difference wraps to the right
     # unsigned value), counted
