@@ -25,10 +25,9 @@ import struct
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["BLOCK_BYTES", "STORE_ABOVE", "GzipStream", "write_gzip"]
+__all__ = ["BLOCK_BYTES", "STORE_ABOVE", "GzipStream"]
 
 BLOCK_BYTES = 4 << 20  # 4 MiB of input per block
 _HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
@@ -104,12 +103,6 @@ class GzipStream(io.IOBase):
     def writable(self) -> bool:
         return True
 
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
-
     def tell(self) -> int:
         return self._size
 
@@ -117,9 +110,6 @@ class GzipStream(io.IOBase):
         if whence != 0 or offset != self._size:
             raise OSError("a gzip stream only moves forward by writing")
         return self._size
-
-    def flush(self) -> None:
-        pass
 
     def write(self, data) -> int:
         """Append ``data`` (bytes-like); returns its length in bytes."""
@@ -198,11 +188,3 @@ class GzipStream(io.IOBase):
         ):
             head = self._blocks.popleft()
             self._target.write(head.result() if isinstance(head, Future) else head)
-
-
-def write_gzip(
-    path: str | os.PathLike, payload: bytes | bytearray | memoryview, threads: int | None = None
-) -> None:
-    """Write ``payload`` gzip-compressed to ``path`` (see the module docstring)."""
-    with Path(path).open("wb") as target, GzipStream(target, threads) as stream:
-        stream.write(payload)

@@ -58,10 +58,7 @@ def moving_positions(
     positions = identity_grid(fixed.shape, device, dtype)
     if disp is not None:
         positions = positions + disp.to(dtype)
-    matrix = _matrix(fixed, moving_affine, world)
-    if np.allclose(matrix, np.eye(4), rtol=0.0, atol=1e-9):  # same grid, no affine
-        return positions if disp is not None else positions.clone()
-    return transform_positions(matrix, positions)
+    return transform_positions(_matrix(fixed, moving_affine, world), positions)
 
 
 def to_fixed_grid(
