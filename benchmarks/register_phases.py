@@ -1,0 +1,140 @@
+"""Seconds of each phase of ``eoir register`` on one pair, in one process (median of repeats).
+
+The phases ``eoir register`` goes through after start-up: reading the two images, normalising
+their intensities, the registration (``eoir.register``: resampling, network, field upsampling),
+the folding statistics of the summary line, warping the moving image, and writing the field and
+the warped image as ``.nii.gz``. Each is timed on its own, after a warm-up round.
+
+"import eoir.cli" is timed inside a new Python process (torch's import included).
+To compare two versions of the code, run it with each tree's ``src`` first on the path::
+
+    git worktree add /tmp/before HEAD~1
+    PYTHONPATH=/tmp/before/src python benchmarks/register_phases.py
+    python benchmarks/register_phases.py
+    python benchmarks/register_phases.py --import-ab /tmp/before/src --repeats 10
+
+The pair is OASIS-TRT-20 14 -> 13 from ``../shared/data`` (skipped when absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import eoir
+from eoir.api import register
+from eoir.checkpoint import load_model
+from eoir.io import OutputSet, read_image
+from eoir.preprocess import normalise
+
+# a new Python process timing its import of what the command imports
+IMPORT = [
+    sys.executable,
+    "-c",
+    "import time; t = time.perf_counter(); import eoir.cli; print(time.perf_counter() - t)",
+]
+
+
+def import_seconds(source: str | None = None) -> float:
+    """Seconds a new process takes to import ``eoir.cli`` (torch included), from the ``src``
+    folder ``source`` (default: this process's eoir)."""
+    env = None if source is None else {**os.environ, "PYTHONPATH": source}
+    run = subprocess.run(IMPORT, check=True, capture_output=True, text=True, env=env)
+    return float(run.stdout)
+
+
+def import_ab(before: str, rounds: int) -> None:
+    """The import alone, a tree's ``src`` and this eoir alternately (below run-to-run noise)."""
+    here = str(Path(eoir.__file__).parent.parent)
+    for source in (before, here):
+        compileall.compile_dir(str(Path(source) / "eoir"), quiet=1)
+    pairs = [(import_seconds(before), import_seconds(here)) for _ in range(rounds)]
+    faster = sum(after < first for first, after in pairs)
+    print(
+        f"import eoir.cli, {rounds} alternating rounds: {before} median "
+        f"{statistics.median(p[0] for p in pairs):.3f} s, {here} median "
+        f"{statistics.median(p[1] for p in pairs):.3f} s (faster in {faster} of {rounds})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/oasis-trt-20"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--import-ab", metavar="SRC", help="only time the import against SRC")
+    args = parser.parse_args()
+    if args.import_ab:
+        import_ab(args.import_ab, max(args.repeats, 2))
+        return
+    images = args.data / "imagesTr"
+    fixed_path = images / "OASISTRT_0013_0000.nii.gz"
+    moving_path = images / "OASISTRT_0014_0000.nii.gz"
+    if not (fixed_path.is_file() and moving_path.is_file()):
+        print(f"skipped: {fixed_path} and {moving_path} are not there")
+        return
+    print(
+        f"eoir from {Path(eoir.__file__).parent}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; OASIS-TRT-20 14 -> 13"
+    )
+    # bytecode compiled, as pip install leaves a package (see speed.end_to_end)
+    compileall.compile_dir(str(Path(eoir.__file__).parent), quiet=1)
+    folder = Path(tempfile.mkdtemp(prefix="eoir-phases-"))
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, function, *arguments, **options):
+        began = time.perf_counter()
+        value = function(*arguments, **options)
+        times.setdefault(name, []).append(time.perf_counter() - began)
+        return value
+
+    def read_both() -> tuple:
+        return read_image(fixed_path, "fixed image"), read_image(moving_path, "moving image")
+
+    def normalise_both(fixed, moving) -> list:
+        return [normalise(image.array) for image in (fixed, moving)]
+
+    def write_field(result, path: Path) -> None:
+        with OutputSet([path], overwrite=True) as outputs:
+            outputs.write_field(path, result.disp, result.fixed, "itk")
+
+    def write_image(result, array, path: Path) -> None:
+        with OutputSet([path], overwrite=True) as outputs:
+            outputs.write_image(path, array, result.fixed)
+
+    for round_ in range(args.repeats + 1):
+        if round_ == 1:
+            times.clear()  # the first round warms up
+        times.setdefault("import eoir.cli (in a new process)", []).append(import_seconds())
+        model = timed("load the shipped model", load_model, "brain-mri", torch.device("cpu"))
+        fixed, moving = timed("read both images", read_both)
+        timed("normalise both (also inside register)", normalise_both, fixed, moving)
+        result = timed(
+            "register (normalise, resample, network, field)", register, fixed, moving, model=model
+        )
+        timed("folding statistics", result.jacobian_stats)
+        warped = timed("warp the moving image", result.warped)
+        timed("write the field (.nii.gz)", write_field, result, folder / "field.nii.gz")
+        timed("write the warped image (.nii.gz)", write_image, result, warped, folder / "w.nii.gz")
+    print("| phase | median s |")
+    print("|---|---|")
+    for name, values in times.items():
+        print(f"| {name} | {statistics.median(values):.3f} |")
+    field_mb = (folder / "field.nii.gz").stat().st_size / 1e6
+    print(
+        f"field file {field_mb:.1f} MB, warped image "
+        f"{(folder / 'w.nii.gz').stat().st_size / 1e6:.2f} MB"
+    )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
