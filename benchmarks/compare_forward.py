@@ -28,7 +28,7 @@ import sys
 import numpy as np, torch
 sys.path.insert(0, sys.argv[3])  # this checkout's benchmarks: one harness for both trees
 import speed
-from eoir.checkpoint import load_model
+from eoir.nn import load_model
 
 images, out, cpu = sys.argv[1], sys.argv[2], torch.device("cpu")
 model = load_model("brain-mri", cpu)

@@ -29,15 +29,15 @@ import ants_syn
 import numpy as np
 import torch
 
-from eoir.checkpoint import build_model, load_checkpoint, save_model
-from eoir.complexity import count_multiply_adds, count_parameters
-from eoir.config import load_config
-from eoir.evaluate import score_pair
 from eoir.losses import one_hot
 from eoir.metrics import jacobian_stats
-from eoir.preprocess import normalise
+from eoir.nn.checkpoint import build_model, load_checkpoint, save_model
+from eoir.nn.complexity import count_multiply_adds, count_parameters
+from eoir.registration.preprocess import normalise
 from eoir.spatial import warp
-from eoir.train import training_step
+from eoir.training.config import load_config
+from eoir.training.evaluate import score_pair
+from eoir.training.train import training_step
 
 TRAIN, VAL = range(1, 13), (13, 14, 15)
 MODELS = {

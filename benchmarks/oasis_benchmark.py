@@ -65,7 +65,7 @@ def _peak_rss_mb() -> float:
 
 def _network_counts(model) -> dict[str, float]:
     """Parameters and multiply-adds of a loaded model at the size it registers 208x176x160."""
-    from eoir.complexity import count_multiply_adds, count_parameters
+    from eoir.nn.complexity import count_multiply_adds, count_parameters
 
     down = model.trained_downsample
     shape = tuple(-(-n // down) for n in (208, 176, 160))
@@ -99,12 +99,11 @@ def run_method(
     """Register and score every validation pair with one method (in this process)."""
     import torch
 
-    from eoir.api import register
-    from eoir.checkpoint import load_model
-    from eoir.data import load_dataset
-    from eoir.evaluate import score_pair
-    from eoir.io import read_image
+    from eoir.io import load_dataset, read_image
     from eoir.metrics import jacobian_stats
+    from eoir.nn.checkpoint import load_model
+    from eoir.registration import register
+    from eoir.training.evaluate import score_pair
 
     torch.set_num_threads(threads)
     data = load_dataset(dataset)

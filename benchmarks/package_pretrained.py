@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from eoir.checkpoint import load_checkpoint, save_model
+from eoir.nn.checkpoint import load_checkpoint, save_model
 from eoir.pretrained import file_sha256
 
 

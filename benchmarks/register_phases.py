@@ -2,8 +2,9 @@
 
 The phases ``eoir register`` goes through after start-up: reading the two images, normalising
 their intensities, the registration (``eoir.register``: resampling, network, field upsampling),
-the folding statistics of the summary line, warping the moving image, and writing the field and
-the warped image as ``.nii.gz``. Each is timed on its own, after a warm-up round.
+the folding statistics of the summary line, warping the moving image, writing the field and
+the warped image as ``.nii.gz``, and the figure (``--figure``). Each is timed on its own, after a
+warm-up round. The script runs on this tree's layout and on the flat one before it.
 
 "import eoir.cli" is timed inside a new Python process (torch's import included).
 To compare two versions of the code, run it with each tree's ``src`` first on the path::
@@ -31,10 +32,15 @@ from pathlib import Path
 import torch
 
 import eoir
-from eoir.api import register
-from eoir.checkpoint import load_model
+from eoir import register
 from eoir.io import OutputSet, read_image
-from eoir.preprocess import normalise
+
+try:
+    from eoir.nn import load_model
+    from eoir.registration.preprocess import normalise
+except ImportError:  # a tree from before the package's subpackages
+    from eoir.checkpoint import load_model
+    from eoir.preprocess import normalise
 
 # a new Python process timing its import of what the command imports
 IMPORT = [
@@ -124,6 +130,7 @@ def main() -> None:
         warped = timed("warp the moving image", result.warped)
         timed("write the field (.nii.gz)", write_field, result, folder / "field.nii.gz")
         timed("write the warped image (.nii.gz)", write_image, result, warped, folder / "w.nii.gz")
+        timed("write the figure (.png)", result.figure, folder / "figure.png")
     print("| phase | median s |")
     print("|---|---|")
     for name, values in times.items():

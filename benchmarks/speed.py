@@ -45,9 +45,9 @@ import ants_syn
 import numpy as np
 import torch
 
-from eoir.checkpoint import load_model
-from eoir.complexity import count_multiply_adds
-from eoir.model import EOIR
+from eoir.nn import EOIR
+from eoir.nn.checkpoint import load_model
+from eoir.nn.complexity import count_multiply_adds
 from eoir.spatial import resize_field
 
 SIZES = [(256, 256), (96, 80, 128), (160, 192, 224), (208, 176, 160)]
@@ -184,7 +184,7 @@ def network_table(args, device, limits) -> list[dict]:
 def _command_seconds(model: EOIR, shape: tuple[int, ...], repeats: int) -> float:
     """Median seconds of ``eoir register`` end to end with ``model`` (saved to a file) on a
     synthetic pair of ``shape`` at full resolution, writing the warped image and the field."""
-    from eoir.checkpoint import save_model
+    from eoir.nn.checkpoint import save_model
 
     fixed, moving = _synthetic_pair(shape)
     checkpoint = Path(fixed).with_name("model.pt")
@@ -195,7 +195,7 @@ def _command_seconds(model: EOIR, shape: tuple[int, ...], repeats: int) -> float
 def variants_table(args, device, limits) -> list[dict]:
     """Width 32 at 160x192x224 (the GPU goal): memory layout x precision x torch.compile.
 
-    ``contiguous`` / ``channels-last`` set :attr:`eoir.model.EOIR.channels_last`; ``compiled``
+    ``contiguous`` / ``channels-last`` set :attr:`eoir.nn.EOIR.channels_last`; ``compiled``
     wraps the model in ``torch.compile`` (default mode; the compile time is excluded: it is
     paid once per shape, e.g. once per batch run). Prints the ten heaviest GPU kernels of the
     fastest eager variant.
@@ -288,7 +288,7 @@ def _synthetic_pair(shape: tuple[int, ...]) -> tuple[str, str]:
 def read_normalised(path: str, device: torch.device) -> torch.Tensor:
     """``(1, 1, *shape)`` image of ``path`` with the ``mri`` intensity preset, on ``device``."""
     from eoir.io import read_image
-    from eoir.preprocess import normalise
+    from eoir.registration.preprocess import normalise
 
     return torch.from_numpy(normalise(read_image(path).array, "mri"))[None, None].to(device)
 

@@ -1,11 +1,11 @@
 """Peak GPU memory and time of one full-size EOIR training step, with and without activation
 checkpointing (``train.checkpointing``), in float32 and bf16 autocast.
 
-One step is ``eoir train``'s own step (:func:`eoir.train.training_step`) on a (moving, fixed)
-pair with the ``brain-mri`` recipe's loss (NCC windows 9/5/3, L1 smoothness 0.3, Dice over
-``--labels`` one-hot labels): forward, multi-level loss, backward, an Adam step. Peak memory
-is ``torch.cuda.max_memory_allocated`` over the steps; time is the median of the steps after the
-first (cuDNN picks its algorithms then).
+One step is ``eoir train``'s own step (:func:`eoir.training.train.training_step`) on a
+(moving, fixed) pair with the ``brain-mri`` recipe's loss (NCC windows 9/5/3, L1 smoothness
+0.3, Dice over ``--labels`` one-hot labels): forward, multi-level loss, backward, an Adam
+step. Peak memory is ``torch.cuda.max_memory_allocated`` over the steps; time is the median of
+the steps after the first (cuDNN picks its algorithms then).
 
 Usage::
 
@@ -21,10 +21,10 @@ import time
 
 import torch
 
-from eoir.config import load_config
 from eoir.losses import one_hot
-from eoir.model import EOIR
-from eoir.train import training_step
+from eoir.nn import EOIR
+from eoir.training.config import load_config
+from eoir.training.train import training_step
 
 
 def one_case(args, device: torch.device, precision: str, recompute: bool) -> dict:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import numpy as np
+import pytest
 
+import eoir
 from eoir import __version__
-from eoir.cli import main
+from eoir.cli import build_parser, main
+from eoir.io import FIELD_FORMATS, SPLITS
+from eoir.options import PRECISIONS
+from eoir.registration.pipeline import OPTIMIZE_TARGETS
+from eoir.registration.preprocess import PRESETS
+from helpers import eoir_cli, eoir_process
 
-
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "eoir", *args], capture_output=True, text=True, timeout=120
-    )
+_run = eoir_process  # these tests are of the process: the entry point and its exit code
 
 
 def test_version_and_help():
@@ -47,3 +49,72 @@ def test_bad_input_is_one_line_and_exit_code_2():
     result = _run("info", "--factors", "2", "2")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "factors" in result.stderr
+
+
+def test_the_parser_takes_its_choices_from_the_library_tables():
+    register = build_parser()._subparsers._group_actions[0].choices["register"]
+    choices = {a.dest: a.choices for a in register._actions if a.choices}
+    assert choices["precision"] == list(PRECISIONS)
+    assert choices["preset"] == list(PRESETS)
+    assert choices["field_format"] == list(FIELD_FORMATS)
+    assert choices["optimize_target"] == list(OPTIMIZE_TARGETS)
+    assert choices["split"] == list(SPLITS)
+
+
+@pytest.mark.parametrize(
+    ("options", "library", "command"),
+    [
+        ({"device": "cuda:99"}, "device 'cuda:99': ", "--device cuda:99: "),
+        ({"device": "tpu"}, "device 'tpu': ", "--device tpu: "),
+        ({"downsample": 0}, "downsample 0: must be 1 or more", "--downsample 0: must be 1"),
+        ({"optimize_steps": -1}, "optimize_steps -1: must be 0", "--optimize-steps -1: must be 0"),
+        (
+            {"precision": "float16", "device": "cpu"},
+            "precision 'float16': is for CUDA devices",
+            "--precision float16: is for CUDA devices",
+        ),
+        (
+            {"optimize_target": "weights", "model": None},
+            "optimize_target 'weights': fine-tunes a network",
+            "--optimize-target weights: fine-tunes a network",
+        ),
+    ],
+)
+def test_the_library_names_arguments_and_the_command_names_its_flags(
+    tmp_path, options, library, command
+):
+    image = np.random.default_rng(0).random((10, 12, 8)).astype(np.float32)
+    with pytest.raises(eoir.OptionError) as raised:
+        eoir.register(image, image, **{"model": None, **options})
+    assert str(raised.value).startswith(library) and "--" not in str(raised.value)
+    eoir.io.write_image(tmp_path / "i.nii.gz", image, eoir.io.as_image(image))
+    flags = []
+    for key, value in options.items():
+        if key == "model":
+            flags += ["--model", "none"]
+        else:
+            flags += ["--" + key.replace("_", "-"), value]
+    result = eoir_cli(
+        "register",
+        "--fixed",
+        tmp_path / "i.nii.gz",
+        "--moving",
+        tmp_path / "i.nii.gz",
+        "--field",
+        tmp_path / "f.nii.gz",
+        *flags,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"eoir register: error: {command}" + result.stderr.split(command)[1]
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "f.nii.gz").exists()
+
+
+def test_an_existing_output_asks_for_overwrite_in_each_wording(tmp_path):
+    image = np.ones((4, 4, 4), np.float32)
+    target = tmp_path / "out.nii.gz"
+    eoir.io.write_image(target, image, eoir.io.as_image(image))
+    with pytest.raises(eoir.InputError, match=r"exists; set overwrite=True$"):
+        eoir.io.write_image(target, image, eoir.io.as_image(image))
+    result = eoir_cli("apply", "--field", target, "--moving", target, "--out", target)
+    assert result.returncode == 2 and result.stderr.strip().endswith("exists; pass --overwrite")

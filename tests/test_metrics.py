@@ -9,7 +9,6 @@ import pytest
 import torch
 from scipy import ndimage
 
-from conftest import smooth_field
 from eoir.metrics import (
     determinant_stats,
     dice_per_label,
@@ -21,6 +20,7 @@ from eoir.metrics import (
     tre,
 )
 from eoir.spatial import lps_affine
+from helpers import smooth_field
 
 
 def _maps():

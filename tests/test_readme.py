@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 import eoir
-from conftest import smooth_field
-from eoir.io import Image, write_image
-from eoir.resample import warp_image
-from test_io import blob_volume
+from eoir.image import Image
+from eoir.io import write_image
+from eoir.registration.resample import warp_image
+from helpers import blob_volume, smooth_field
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import smooth_field, smooth_image
 from eoir.spatial import (
     compose,
     crop_to_shape,
@@ -24,6 +23,7 @@ from eoir.spatial import (
     warp,
     world_to_voxel,
 )
+from helpers import smooth_field, smooth_image
 
 SHAPES = [(11, 13), (6, 7, 9)]
 

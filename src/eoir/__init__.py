@@ -5,9 +5,9 @@ in voxel units of the fixed grid, channel ``k`` along array axis ``k``, and pull
 back: ``warped(p) = moving(p + disp(p))``.
 """
 
-__version__ = "0.1.0"
-
 import gc as _gc
+
+from eoir._version import __version__
 
 # Importing torch creates about a million Python objects. The cyclic garbage collector would
 # walk them again and again while they are made, and once more in full afterwards (~0.15 s of
@@ -17,8 +17,8 @@ import gc as _gc
 _collecting = _gc.isenabled()
 _gc.disable()
 try:
-    from eoir.api import RegistrationResult, register
-    from eoir.errors import InputError
+    from eoir.errors import InputError, OptionError
+    from eoir.io import read_image
     from eoir.losses import (
         dice_loss,
         gradient_loss,
@@ -29,7 +29,8 @@ try:
         one_hot,
     )
     from eoir.metrics import dice_per_label, hd95, jacobian_stats, mean_dice, mean_hd95, tre
-    from eoir.model import EOIR, EOIROutput
+    from eoir.nn import EOIR, EOIROutput, VoxelMorph, load_model
+    from eoir.registration import RegistrationResult, register
     from eoir.spatial import (
         compose,
         field_from_world,
@@ -50,7 +51,9 @@ __all__ = [
     "EOIR",
     "EOIROutput",
     "InputError",
+    "OptionError",
     "RegistrationResult",
+    "VoxelMorph",
     "__version__",
     "compose",
     "dice_loss",
@@ -63,6 +66,7 @@ __all__ = [
     "integrate",
     "jacobian_determinant",
     "jacobian_stats",
+    "load_model",
     "mean_dice",
     "mean_hd95",
     "mind_loss",
@@ -70,6 +74,7 @@ __all__ = [
     "multilevel_loss",
     "ncc_loss",
     "one_hot",
+    "read_image",
     "register",
     "resize_field",
     "tre",

@@ -15,12 +15,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from eoir import __version__
-from eoir.complexity import count_multiply_adds, count_parameters
-from eoir.config import recipe_names
-from eoir.errors import InputError as UsageError
+from eoir._version import __version__
+from eoir.errors import InputError, OptionError
 from eoir.io import (
     FIELD_FORMATS,
+    SPLITS,
     WRITABLE_SUFFIXES,
     OutputSet,
     check_field_target,
@@ -28,10 +27,17 @@ from eoir.io import (
     read_image,
 )
 from eoir.metrics import determinant_stats
-from eoir.model import EOIR
-from eoir.preprocess import PRESETS
-from eoir.resample import warp_image
+from eoir.nn import EOIR, count_multiply_adds, count_parameters
+from eoir.options import PRECISIONS
+from eoir.registration.pipeline import OPTIMIZE_TARGETS
+from eoir.registration.preprocess import PRESETS
+from eoir.registration.resample import warp_image
+from eoir.runtime import DEVICE_TYPES
 from eoir.spatial import jacobian_determinant
+from eoir.training.config import recipe_names
+
+# options whose command-line flag is not "--" + the option's name with "-" for "_"
+_FLAGS = {"overrides": "--set", "labels": "--moving-labels", "json": "--json"}
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,14 +72,14 @@ def _model_from_args(args: argparse.Namespace) -> EOIR:
             return EOIR.oasis(**kwargs)
         return EOIR(levels=args.levels, **kwargs)
     except ValueError as err:
-        raise UsageError(str(err)) from None
+        raise InputError(str(err)) from None
 
 
 def _run_info(args: argparse.Namespace) -> int:
     model = _model_from_args(args)
     shape = args.shape or ([160, 192, 224] if model.ndim == 3 else [256, 256])
     if len(shape) != model.ndim or min(shape) < 1:
-        raise UsageError(f"--shape needs {model.ndim} positive sizes, got {shape}")
+        raise InputError(f"--shape needs {model.ndim} positive sizes, got {shape}")
     macs = count_multiply_adds(model, shape)
     print(f"model: EOIR {model.config}")
     print(f"parameters: {count_parameters(model):,}")
@@ -102,13 +108,13 @@ def _register_options(args: argparse.Namespace) -> dict:
 
 
 def _run_register_pairs(args: argparse.Namespace) -> int:
-    from eoir.batch import read_pairs, register_pairs
+    from eoir.registration.batch import read_pairs, register_pairs
 
     single = [args.fixed, args.moving, args.warped, args.field, args.figure, args.json_path]
     if any(v is not None for v in single) or args.moving_labels or args.fixed_labels:
-        raise UsageError("--pairs takes the place of --fixed/--moving and their outputs")
+        raise InputError("--pairs takes the place of --fixed/--moving and their outputs")
     if args.out_dir is None:
-        raise UsageError("--pairs needs --out-dir")
+        raise InputError("--pairs needs --out-dir")
     if args.nproc > 1:
         return _relaunch(args.nproc, args.argv)
     rows = register_pairs(
@@ -124,21 +130,21 @@ def _run_register_pairs(args: argparse.Namespace) -> int:
 
 
 def _run_register(args: argparse.Namespace) -> int:
-    from eoir.api import dice_before_after, register
+    from eoir.registration import dice_before_after, register
 
     if args.pairs is not None:
         return _run_register_pairs(args)
     if args.fixed is None or args.moving is None:
-        raise UsageError("give --fixed and --moving (or --pairs FILE --out-dir DIR)")
+        raise InputError("give --fixed and --moving (or --pairs FILE --out-dir DIR)")
     if (args.moving_labels is None) != (args.warped_labels is None):
-        raise UsageError("--moving-labels and --warped-labels go together")
+        raise InputError("--moving-labels and --warped-labels go together")
     if args.json_path is not None and not args.json_path.endswith(".json"):
-        raise UsageError(f"{args.json_path}: the --json output must end in .json")
+        raise InputError(f"{args.json_path}: the --json output must end in .json")
     images = [args.warped, args.field, args.warped_labels]
     if any(p is not None and p.endswith((".json", ".png")) for p in images):
-        raise UsageError("image and field outputs must be .nii, .nii.gz, .mha or .nrrd")
+        raise InputError("image and field outputs must be .nii, .nii.gz, .mha or .nrrd")
     if args.figure is not None and not args.figure.endswith(".png"):
-        raise UsageError(f"{args.figure}: the --figure output must end in .png")
+        raise InputError(f"{args.figure}: the --figure output must end in .png")
     # check every output before any work, so a bad path fails at once and writes nothing
     outputs = OutputSet(
         [*images, args.json_path, args.figure],
@@ -153,7 +159,7 @@ def _run_register(args: argparse.Namespace) -> int:
     dice = None
     if args.fixed_labels is not None:
         if args.moving_labels is None:
-            raise UsageError("--fixed-labels needs --moving-labels to measure Dice")
+            raise InputError("--fixed-labels needs --moving-labels to measure Dice")
         dice = dice_before_after(result, args.fixed_labels, args.moving_labels)
     stats = result.jacobian_stats()
     summary = {
@@ -251,13 +257,13 @@ def _relaunch(nproc: int, argv: Sequence[str]) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from eoir.config import load_config
-    from eoir.train import train
+    from eoir.training.config import load_config
+    from eoir.training.train import train
 
     if args.nproc > 1:
         return _relaunch(args.nproc, args.argv)
     if args.recipe and args.config:
-        raise UsageError("give --recipe or --config, not both (--set overrides either)")
+        raise InputError("give --recipe or --config, not both (--set overrides either)")
     config = load_config(args.recipe, args.config, args.set)
     result = train(
         args.dataset,
@@ -278,7 +284,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from eoir.evaluate import evaluate
+    from eoir.training.evaluate import evaluate
 
     if args.nproc > 1:
         return _relaunch(args.nproc, args.argv)
@@ -302,6 +308,26 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     demo(args.out, optimize_steps=args.optimize_steps)
     return 0
+
+
+_DEVICE_HELP = f"{', '.join(DEVICE_TYPES)} or cuda:N (default cpu)"
+
+
+def _flag(parser: argparse.ArgumentParser, option: str) -> str | None:
+    """The command's flag for a library option (``optimize_steps`` -> ``--optimize-steps``)."""
+    flag = _FLAGS.get(option, "--" + option.replace("_", "-"))
+    return flag if flag in parser._option_string_actions else None
+
+
+def one_line(err: InputError, parser: argparse.ArgumentParser) -> str:
+    """A library error as the command prints it: the command's flags in place of the library's
+    argument names where the error is about an option."""
+    if isinstance(err, OptionError) and (flag := _flag(parser, err.option)):
+        return f"{flag} {err.value}: {err.problem}"
+    if err.switches:
+        flags = [_flag(parser, s) or s for s in err.switches]
+        return f"{err.message}; pass {' or '.join(flags)}"
+    return str(err)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,13 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
         "or a Learn2Reg dataset.json (its --split pairs); outputs go to --out-dir",
     )
     reg.add_argument("--out-dir", help="with --pairs: folder for each pair's outputs")
-    reg.add_argument("--split", choices=("val", "test"), default="val", help="with --pairs JSON")
+    reg.add_argument("--split", choices=list(SPLITS), default="val", help="with --pairs JSON")
     reg.add_argument("--nproc", type=int, default=1, help="with --pairs: processes sharing them")
     reg.add_argument("--warped", help="output: the moving image warped onto the fixed grid")
     reg.add_argument("--field", help="output: the displacement field")
     reg.add_argument(
         "--field-format",
-        choices=FIELD_FORMATS,
+        choices=list(FIELD_FORMATS),
         default="itk",
         help="itk: 5-D NIfTI/vector image in LPS mm for ANTs/ITK/Slicer (default); "
         "l2r: Learn2Reg voxel field (X, Y, Z, 3)",
@@ -382,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reg.add_argument(
         "--optimize-target",
-        choices=("field", "weights"),
+        choices=list(OPTIMIZE_TARGETS),
         default="field",
         help="what the optimisation steps refine: the field itself (default) or a copy of the "
         "model's weights (needs --model)",
@@ -390,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--affine", action="store_true", help="align affinely first (SimpleITK)")
     reg.add_argument(
         "--preset",
-        choices=PRESETS,
+        choices=list(PRESETS),
         default="mri",
         help="intensity normalisation: mri (robust min-max), ct (HU -500..800, abdomen), "
         "lung (HU -1000..200), none (default mri)",
@@ -400,10 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="register at 1/N resolution (default: the model's training resolution, else 1)",
     )
-    reg.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    reg.add_argument("--device", default="cpu", help=_DEVICE_HELP)
     reg.add_argument(
         "--precision",
-        choices=("float32", "bfloat16", "float16"),
+        choices=list(PRECISIONS),
         default="float32",
         help="network arithmetic: bfloat16 is faster on recent CPUs and GPUs, float16 on GPUs "
         "(fields and warps stay float32; default float32)",
@@ -460,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-steps", type=int, help="stop after N optimizer steps in all")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
     tr.add_argument("--overwrite", action="store_true", help="replace a run in --out")
-    tr.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    tr.add_argument("--device", default="cpu", help=_DEVICE_HELP)
     tr.add_argument("--nproc", type=int, default=1, help="processes (DDP, gloo/nccl)")
     tr.set_defaults(func=_run_train)
 
@@ -473,12 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--dataset", required=True, help="dataset.json or a folder of images")
     ev.add_argument("--model", required=True, help="checkpoint, or 'none' for no registration")
-    ev.add_argument("--split", choices=("val", "test"), default="val")
+    ev.add_argument("--split", choices=list(SPLITS), default="val")
     ev.add_argument("--out", required=True, help="results CSV (one row per pair)")
     ev.add_argument("--labels-out", help="Dice per label CSV (default: OUT_labels.csv)")
     ev.add_argument("--save-fields", help="folder for Learn2Reg displacement files")
     ev.add_argument("--optimize-steps", type=int, default=0, help="instance optimisation steps")
-    ev.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ev.add_argument("--device", default="cpu", help=_DEVICE_HELP)
     ev.add_argument("--nproc", type=int, default=1, help="processes sharing the pairs")
     ev.add_argument("--overwrite", action="store_true", help="replace existing CSVs")
     ev.set_defaults(func=_run_evaluate)
@@ -500,8 +526,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.filterwarnings("ignore", message=".*registered as identity")
             warnings.filterwarnings("ignore", message="the model expects")
             return int(args.func(args))
-    except UsageError as err:
-        print(f"eoir {args.command}: error: {err}", file=sys.stderr)
+    except InputError as err:
+        command = parser._subparsers._group_actions[0].choices[args.command]
+        print(f"eoir {args.command}: error: {one_line(err, command)}", file=sys.stderr)
         return 2
 
 

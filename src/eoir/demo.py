@@ -18,10 +18,11 @@ import nibabel
 import numpy as np
 import torch
 
-from eoir.api import register
 from eoir.errors import InputError
-from eoir.io import Image, OutputSet, read_image
-from eoir.resample import warp_image
+from eoir.image import Image
+from eoir.io import OutputSet, read_image
+from eoir.registration import register
+from eoir.registration.resample import warp_image
 from eoir.spatial import compose, integrate, resize_field
 
 __all__ = ["SCAN", "demo", "known_deformation"]
@@ -47,7 +48,7 @@ def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise InputError(f"{out}: folder holds other files; give an empty or new --out")
+        raise InputError(f"{out}: folder holds other files; give an empty or new folder")
 
 
 def demo(

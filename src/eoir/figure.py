@@ -12,11 +12,9 @@ import os
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from eoir.spatial import jacobian_determinant
 
@@ -69,7 +67,9 @@ def registration_figure(
         "deformed grid",
         "Jacobian det.",
     ]
-    fig, axes = plt.subplots(3, 7, figsize=(21, 9.5), squeeze=False)
+    # a Figure of its own, no pyplot: the caller's backend and open figures are left alone
+    fig = Figure(figsize=(21, 9.5))
+    axes = fig.subplots(3, 7, squeeze=False)
     for axis in range(3):
         index = [slice(None)] * 3
         index[axis] = f.shape[axis] // 2
@@ -96,8 +96,7 @@ def registration_figure(
         ax.set_aspect(aspect)
         ax = axes[axis, 6]
         shown = np.ma.masked_where(jac[sl] <= 0, jac[sl])
-        cmap = plt.get_cmap("RdBu_r").copy()
-        cmap.set_bad("black")
+        cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="black")
         im = ax.imshow(shown, cmap=cmap, vmin=0, vmax=2, aspect=aspect, interpolation="nearest")
         if axis == 0:
             fig.colorbar(im, ax=axes[:, 6].tolist(), fraction=0.04, pad=0.02)
@@ -110,4 +109,3 @@ def registration_figure(
     if title:
         fig.suptitle(title, fontsize=13)
     fig.savefig(str(Path(path)), dpi=80, format="png")
-    plt.close(fig)

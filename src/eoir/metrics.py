@@ -118,6 +118,13 @@ def dice_per_label(
     -------
     dict of int to float
         Dice in [0, 1] per label.
+
+    Examples
+    --------
+    >>> fixed = np.array([[0, 1, 1], [0, 2, 2]])
+    >>> warped = np.array([[0, 1, 0], [0, 2, 2]])
+    >>> dice_per_label(fixed, warped)
+    {1: 0.6666666666666666, 2: 1.0}
     """
     f = _labels_array(fixed, "fixed labels")
     w = _labels_array(warped, "warped labels")
@@ -135,7 +142,7 @@ def dice_per_label(
     for label in labels:
         i = position.get(int(label))
         total = 0 if i is None else size_f[i] + size_w[i]
-        scores[int(label)] = empty if total == 0 else 2.0 * inter[i] / total
+        scores[int(label)] = empty if total == 0 else float(2.0 * inter[i] / total)
     return scores
 
 
@@ -281,6 +288,12 @@ def jacobian_stats(
         ``sdlogj``: ``std(log(clip(J + 3, 1e-9, 1e9)))`` over the grid cropped by 2 voxels per
         side (Learn2Reg's "+3" convention); ``std_log_j``: ``std(log J)`` over the voxels of the
         same cropped grid with ``J > 0``.
+
+    Examples
+    --------
+    >>> stats = jacobian_stats(torch.zeros(1, 3, 8, 8, 8))  # the identity: no folding
+    >>> stats["folding_percent"], stats["sdlogj"]
+    (0.0, 0.0)
     """
     d = torch.as_tensor(_numpy(disp))  # (ndim, *spatial) after squeezing a batch of 1
     if d.dim() not in (3, 4) or d.shape[0] != d.dim() - 1:

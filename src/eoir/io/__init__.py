@@ -1,0 +1,37 @@
+"""Files: images with their geometry, displacement fields, landmarks and atomic outputs.
+
+- :mod:`eoir.io.images`: reading images (NIfTI with nibabel, everything else SimpleITK reads);
+- :mod:`eoir.io.fields`: the ITK/ANTs and Learn2Reg field formats, reading fields;
+- :mod:`eoir.io.outputs`: :class:`OutputSet`, atomic writing of images and fields;
+- :mod:`eoir.io.landmarks`: landmark files;
+- :mod:`eoir.io.datasets`: dataset descriptions (Learn2Reg ``dataset.json``, folders);
+- :mod:`eoir.io.gzip_stream`: the multi-threaded ``.gz`` writer behind NIfTI outputs.
+"""
+
+from eoir.io.datasets import SPLITS, DatasetSpec, Split, Subject, load_dataset
+from eoir.io.fields import FIELD_FORMATS, FieldFormat, check_field_target, read_field
+from eoir.io.images import NIFTI_SUFFIXES, ImageLike, as_image, as_sitk_image, read_image
+from eoir.io.landmarks import read_landmarks
+from eoir.io.outputs import WRITABLE_SUFFIXES, OutputSet, write_field, write_image
+
+__all__ = [
+    "FIELD_FORMATS",
+    "NIFTI_SUFFIXES",
+    "SPLITS",
+    "WRITABLE_SUFFIXES",
+    "DatasetSpec",
+    "FieldFormat",
+    "ImageLike",
+    "OutputSet",
+    "Split",
+    "Subject",
+    "as_image",
+    "as_sitk_image",
+    "check_field_target",
+    "load_dataset",
+    "read_field",
+    "read_image",
+    "read_landmarks",
+    "write_field",
+    "write_image",
+]

@@ -1,0 +1,41 @@
+"""Losses: image similarity, smoothness, label overlap, and EOIR's multi-level loss.
+
+- :mod:`eoir.losses.similarity`: windowed NCC, MSE, MIND-SSC (``SIMILARITIES``);
+- :mod:`eoir.losses.smoothness`: L1/L2 forward-difference penalties (``PENALTIES``);
+- :mod:`eoir.losses.labels`: one-hot encoding and soft Dice;
+- :mod:`eoir.losses.filters`: box and Gaussian filters, image pyramids;
+- :mod:`eoir.losses.multilevel`: :func:`multilevel_loss`.
+"""
+
+from eoir.losses.filters import box_filter, gaussian_blur, pyramid
+from eoir.losses.labels import dice_loss, one_hot
+from eoir.losses.multilevel import multilevel_loss
+from eoir.losses.similarity import (
+    SIMILARITIES,
+    Similarity,
+    mind_loss,
+    mind_ssc,
+    mse_loss,
+    ncc_loss,
+    similarity_loss,
+)
+from eoir.losses.smoothness import PENALTIES, Penalty, gradient_loss
+
+__all__ = [
+    "PENALTIES",
+    "SIMILARITIES",
+    "Penalty",
+    "Similarity",
+    "box_filter",
+    "dice_loss",
+    "gaussian_blur",
+    "gradient_loss",
+    "mind_loss",
+    "mind_ssc",
+    "mse_loss",
+    "multilevel_loss",
+    "ncc_loss",
+    "one_hot",
+    "pyramid",
+    "similarity_loss",
+]

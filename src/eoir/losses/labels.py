@@ -1,0 +1,63 @@
+"""Label maps in losses: one-hot encoding and soft Dice."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["dice_loss", "one_hot"]
+
+
+def one_hot(labels: torch.Tensor, classes: Sequence[int] | int) -> torch.Tensor:
+    """One-hot encode an integer label map.
+
+    Parameters
+    ----------
+    labels : torch.Tensor
+        ``(B, 1, *spatial)`` integer (or integer-valued float) label map.
+    classes : int or sequence of int
+        Either the number of classes ``K`` (labels are ``0..K-1``) or the label values to encode,
+        background included, in channel order. Voxels whose value is not listed are all-zero.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, K, *spatial)`` float32.
+    """
+    values = list(range(classes)) if isinstance(classes, int) else [int(c) for c in classes]
+    lab = labels.long()
+    lookup_size = max(max(values), int(lab.max().item()) if lab.numel() else 0) + 1
+    if min(values) < 0 or (lab.numel() and int(lab.min().item()) < 0):
+        raise ValueError("one_hot needs non-negative label values")
+    lookup = torch.full((lookup_size,), len(values), dtype=torch.long, device=labels.device)
+    lookup[torch.tensor(values, device=labels.device)] = torch.arange(
+        len(values), device=labels.device
+    )
+    index = lookup[lab[:, 0]]  # (B, *spatial); unlisted -> extra class dropped below
+    out = F.one_hot(index, len(values) + 1)[..., : len(values)]
+    return out.movedim(-1, 1).float()
+
+
+def dice_loss(warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """Soft Dice loss on one-hot (possibly soft) label maps, background included.
+
+    ``1 - mean over batch and classes of 2|A.B| / (|A| + |B| + 1e-5)``.
+
+    Parameters
+    ----------
+    warped, fixed : torch.Tensor
+        ``(B, K, *spatial)`` one-hot or soft label maps in [0, 1].
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar in [0, 1].
+    """
+    if warped.shape != fixed.shape:
+        raise ValueError(f"shapes differ: {tuple(warped.shape)} vs {tuple(fixed.shape)}")
+    dims = tuple(range(2, warped.dim()))
+    inter = (warped * fixed).sum(dims)
+    sizes = warped.sum(dims) + fixed.sum(dims)
+    return 1.0 - (2.0 * inter / (sizes + 1e-5)).mean()

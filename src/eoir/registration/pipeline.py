@@ -1,0 +1,411 @@
+"""``eoir.register``: register a user's own images, as a pipeline of named stages.
+
+``register`` checks its options and loads its model (:func:`configure`), then runs the stages
+with plain data between them:
+
+1. :func:`prepare`: normalise the images' intensities (a :class:`Pair`; constant images are
+   registered as the identity before it, :func:`constant_images`);
+2. :func:`align`: the affine pre-alignment, a fixed-world -> moving-world matrix (or None);
+3. :func:`sample_pair`: both images on the fixed grid at the working resolution, the moving one
+   through the alignment (a :class:`WorkPair`);
+4. :func:`predict`: the network's field on the working grid (or None);
+5. :func:`refine`: instance optimisation of that field (or fine-tuning a copy of the network);
+6. :func:`finish`: the field on the whole fixed grid with the alignment folded in, as a
+   :class:`~eoir.registration.result.RegistrationResult`.
+
+Each stage is a function of the previous stages' data and the :class:`Settings`, so that a new
+step (a built-in affine, a reorientation into the model's frame, a multimodal refinement)
+replaces or joins one stage.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from eoir.errors import OptionError
+from eoir.image import Image
+from eoir.io import ImageLike, as_image
+from eoir.nn import load_model
+from eoir.options import PRECISIONS, Precision, look_up_option, non_negative, positive
+from eoir.registration.affine import affine_align
+from eoir.registration.instance import finetune_network, optimise_field
+from eoir.registration.preprocess import PRESETS, Preset, check_finite, is_constant, normalise
+from eoir.registration.resample import to_fixed_grid, total_field
+from eoir.registration.result import RegistrationResult
+from eoir.runtime import resolve_device
+from eoir.spatial import resize_field
+
+__all__ = [
+    "DEFAULT_OPTIMIZE_STEPS",
+    "OPTIMIZE_TARGETS",
+    "OptimizeTarget",
+    "Pair",
+    "Settings",
+    "WorkPair",
+    "align",
+    "configure",
+    "constant_images",
+    "finish",
+    "predict",
+    "prepare",
+    "refine",
+    "register",
+    "sample_pair",
+]
+
+DEFAULT_OPTIMIZE_STEPS = 150  # instance-optimisation steps when no model is given
+
+OptimizeTarget = Literal["field", "weights"]
+OPTIMIZE_TARGETS: dict[str, str] = {
+    "field": "the displacement field itself (eoir.registration.instance.optimise_field)",
+    "weights": "a copy of the network's weights (needs a model)",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The options of one registration (see :func:`register` for each).
+
+    As given, ``downsample`` and ``optimize_steps`` may be None (the model decides) and
+    ``device`` a name; :func:`configure` checks them and resolves those.
+
+    Attributes
+    ----------
+    preset : str
+        Intensity normalisation.
+    affine : bool
+        Whether to align affinely first.
+    downsample : int or None
+        The working resolution is ``1/downsample`` of the fixed grid.
+    optimize_steps : int or None
+        Refinement steps (0: none).
+    optimize_target : str
+        What the steps refine: ``"field"`` or ``"weights"``.
+    precision : str
+        Arithmetic of the network's convolutions.
+    device : str or torch.device
+        Where the work runs.
+    optimize_options : dict
+        Extra keyword arguments of :func:`eoir.registration.instance.optimise_field`.
+    """
+
+    preset: Preset = "mri"
+    affine: bool = False
+    downsample: int | None = None
+    optimize_steps: int | None = None
+    optimize_target: OptimizeTarget = "field"
+    precision: Precision = "float32"
+    device: str | torch.device = "cpu"
+    optimize_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Pair:
+    """The output of :func:`prepare`: the images as read and their normalised intensities.
+
+    Attributes
+    ----------
+    fixed, moving : Image
+        The images as read (any grids).
+    fixed_values, moving_values : numpy.ndarray
+        ``(X, Y, Z)`` float32 normalised intensities, each on its own image's grid.
+    """
+
+    fixed: Image
+    moving: Image
+    fixed_values: np.ndarray
+    moving_values: np.ndarray
+
+
+@dataclass
+class WorkPair:
+    """The output of :func:`sample_pair`: what the field is computed on.
+
+    Attributes
+    ----------
+    fixed, moving : torch.Tensor
+        ``(1, 1, *work_shape)`` normalised images on the fixed grid at the working resolution
+        (the moving image sampled through the alignment), on the settings' device.
+    """
+
+    fixed: torch.Tensor
+    moving: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The working grid's shape."""
+        return tuple(self.fixed.shape[2:])
+
+
+def configure(
+    model: torch.nn.Module | str | os.PathLike | None, options: Settings
+) -> tuple[torch.nn.Module | None, Settings]:
+    """Check a registration's options and load its model.
+
+    Returns
+    -------
+    net : torch.nn.Module or None
+        The model in eval mode on the device (None without one).
+    settings : Settings
+        The options with their defaults resolved: ``device`` a ``torch.device``,
+        ``downsample`` the model's training resolution, ``optimize_steps`` 0 with a model and
+        :data:`DEFAULT_OPTIMIZE_STEPS` without.
+
+    Raises
+    ------
+    OptionError
+        An option's value is not one of its choices or is out of range.
+    InputError
+        The model cannot be loaded.
+    """
+    look_up_option("preset", options.preset, PRESETS)
+    positive("downsample", options.downsample)
+    non_negative("optimize_steps", options.optimize_steps)
+    look_up_option("optimize_target", options.optimize_target, OPTIMIZE_TARGETS)
+    look_up_option("precision", options.precision, PRECISIONS)
+    if options.optimize_target == "weights" and model is None:
+        raise OptionError("optimize_target", "weights", "fine-tunes a network: give a model")
+    dev = resolve_device(options.device)
+    if options.precision == "float16" and dev.type != "cuda":
+        raise OptionError("precision", "float16", "is for CUDA devices; use bfloat16 on a CPU")
+    net = load_model(model, dev) if model is not None else None
+    downsample, steps = options.downsample, options.optimize_steps
+    if downsample is None:
+        downsample = int(getattr(net, "trained_downsample", 1)) if net is not None else 1
+    if steps is None:
+        steps = 0 if net is not None else DEFAULT_OPTIMIZE_STEPS
+    return net, replace(options, device=dev, downsample=downsample, optimize_steps=steps)
+
+
+def constant_images(fixed: Image, moving: Image) -> list[str]:
+    """Which of the two images (``"fixed"``, ``"moving"``) are constant: nothing to register."""
+    pair = (("fixed", fixed), ("moving", moving))
+    return [name for name, image in pair if is_constant(image.array)]
+
+
+def prepare(fixed: Image, moving: Image, settings: Settings) -> Pair:
+    """Normalise both images' intensities (internal only: outputs keep the originals').
+
+    Returns
+    -------
+    Pair
+    """
+    fixed_values = normalise(fixed.array, settings.preset)
+    return Pair(fixed, moving, fixed_values, normalise(moving.array, settings.preset))
+
+
+def align(pair: Pair, settings: Settings) -> np.ndarray | None:
+    """The affine pre-alignment stage.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``(4, 4)`` fixed RAS world -> moving RAS world (mm), or None without ``affine``.
+    """
+    if not settings.affine:
+        return None
+    return affine_align(pair.fixed, pair.moving, pair.fixed_values, pair.moving_values)
+
+
+def sample_pair(pair: Pair, world: np.ndarray | None, settings: Settings) -> WorkPair:
+    """Both normalised images on the fixed grid at the working resolution.
+
+    The moving image is sampled once from its own grid through ``world``; at ``downsample > 1``
+    both are resized (trilinear) to ``ceil(n / downsample)`` voxels per axis, at least 8.
+    """
+    fixed = torch.from_numpy(pair.fixed_values)[None, None].to(settings.device)
+    moving = to_fixed_grid(pair.moving, pair.fixed, world=world, values=pair.moving_values)
+    moving = moving.to(settings.device)
+    shape = pair.fixed.shape
+    if settings.downsample > 1:
+        work = tuple(max(8, -(-n // settings.downsample)) for n in shape)
+        if work != shape:
+            fixed = F.interpolate(fixed, size=work, mode="trilinear", align_corners=True)
+            moving = F.interpolate(moving, size=work, mode="trilinear", align_corners=True)
+    return WorkPair(fixed, moving)
+
+
+def predict(work: WorkPair, net: torch.nn.Module | None, settings: Settings) -> torch.Tensor | None:
+    """The network's field on the working grid.
+
+    Returns
+    -------
+    torch.Tensor or None
+        ``(1, 3, *work.shape)`` float32 displacement in working-grid voxels; None without a
+        network, or when the network's weights are to be fine-tuned instead (:func:`refine`).
+    """
+    if net is None or (settings.optimize_target == "weights" and settings.optimize_steps > 0):
+        return None
+    # inference mode unless the field seeds an optimisation (which needs autograd later)
+    context = torch.no_grad() if settings.optimize_steps > 0 else torch.inference_mode()
+    dtype = PRECISIONS[settings.precision]
+    with context, torch.autocast(settings.device.type, dtype=dtype, enabled=dtype is not None):
+        return net(work.moving, work.fixed).float()
+
+
+def refine(
+    work: WorkPair,
+    disp: torch.Tensor | None,
+    net: torch.nn.Module | None,
+    settings: Settings,
+) -> torch.Tensor | None:
+    """Instance optimisation: refine the field on this pair (or fine-tune the network).
+
+    Returns
+    -------
+    torch.Tensor or None
+        ``(1, 3, *work.shape)`` displacement in working-grid voxels; ``disp`` itself when there
+        are no steps.
+    """
+    steps = settings.optimize_steps
+    if steps == 0:
+        return disp
+    options = settings.optimize_options
+    if settings.optimize_target == "weights":
+        return finetune_network(net, work.moving, work.fixed, steps, **options)
+    return optimise_field(work.moving, work.fixed, init=disp, steps=steps, **options)
+
+
+def finish(
+    pair: Pair,
+    work: WorkPair,
+    disp: torch.Tensor | None,
+    world: np.ndarray | None,
+    seconds: float,
+    info: dict[str, Any],
+) -> RegistrationResult:
+    """The field on the whole fixed grid with the alignment folded in, as the result."""
+    if disp is None:
+        disp = work.fixed.new_zeros(1, 3, *work.shape)
+    disp = resize_field(disp.detach().float().cpu(), pair.fixed.shape)
+    total = total_field(pair.fixed, disp, world)
+    return RegistrationResult(pair.fixed, pair.moving, total, world, seconds, info)
+
+
+def register(
+    fixed: ImageLike,
+    moving: ImageLike,
+    *,
+    fixed_affine: np.ndarray | None = None,
+    moving_affine: np.ndarray | None = None,
+    model: torch.nn.Module | str | os.PathLike | None = None,
+    optimize_steps: int | None = None,
+    optimize_target: OptimizeTarget = "field",
+    affine: bool = False,
+    preset: Preset = "mri",
+    downsample: int | None = None,
+    device: str | torch.device = "cpu",
+    optimize_options: dict[str, Any] | None = None,
+    precision: Precision = "float32",
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed``.
+
+    Parameters
+    ----------
+    fixed, moving : path, Image or numpy.ndarray
+        3-D images. Paths are read with their geometry (NIfTI, formats SimpleITK reads, DICOM
+        folders); arrays use ``fixed_affine``/``moving_affine`` (identity if None). The moving
+        image may lie on any grid: it is mapped into the fixed grid in world space.
+    model : EOIR, VoxelMorph, path or str, optional
+        A network, a checkpoint, or the name of a shipped model (``"brain-mri"``,
+        :mod:`eoir.pretrained`) predicting the field in one forward pass. None: no network.
+    optimize_steps : int, optional
+        Instance-optimisation steps refining the field on this pair, starting from the model's
+        prediction (or zero). Default: 0 with a model, :data:`DEFAULT_OPTIMIZE_STEPS` without.
+    optimize_target : {"field", "weights"}
+        What the steps optimise: the field itself (default; see
+        :mod:`eoir.registration.instance`), or a copy of the model's weights (needs ``model``).
+    affine : bool
+        Align affinely first (SimpleITK, mutual information); the result includes it.
+    preset : {"mri", "ct", "lung", "none"}
+        Intensity normalisation (internal only; see
+        :func:`eoir.registration.preprocess.normalise`).
+    downsample : int, optional
+        Register at ``1/downsample`` resolution and upsample the field (faster, coarser).
+        Default: the resolution the model was trained at (2 for ``brain-mri``), else 1.
+    device : str or torch.device
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    optimize_options : dict, optional
+        Extra keyword arguments of :func:`eoir.registration.instance.optimise_field` (lr,
+        weight, similarity, ...).
+    precision : {"float32", "bfloat16", "float16"}
+        Arithmetic of the network's convolutions (autocast; fields, warps and integration stay
+        float32). ``bfloat16`` is faster on CPUs with AVX512-BF16 and on GPUs; ``float16`` is
+        for GPUs. Its effect on the shipped model's fields and Dice is measured in
+        ``benchmarks/results.md``.
+
+    Returns
+    -------
+    RegistrationResult
+
+    Examples
+    --------
+    Two smooth 3-D blobs, the moving one shifted by two voxels along the first axis:
+
+    >>> import numpy as np
+    >>> x = np.mgrid[:24, :24, :24].astype(np.float32)
+    >>> fixed = np.exp(-((x - 12) ** 2).sum(0) / 40)
+    >>> moving = np.exp(-((x - [[[[14]]], [[[12]]], [[[12]]]]) ** 2).sum(0) / 40)
+    >>> result = register(fixed, moving, model=None, optimize_steps=60, preset="none")
+    >>> round(float(result.disp[0, 0, 12, 12, 12]))  # fixed voxel 12 <- moving voxel 14
+    2
+    """
+    fixed_image = as_image(fixed, fixed_affine, "fixed image")
+    moving_image = as_image(moving, moving_affine, "moving image")
+    options = Settings(
+        preset=preset,
+        affine=affine,
+        downsample=downsample,
+        optimize_steps=optimize_steps,
+        optimize_target=optimize_target,
+        precision=precision,
+        device=device,
+        optimize_options=dict(optimize_options or {}),
+    )
+    net, settings = configure(model, options)
+    info: dict[str, Any] = {
+        "preset": settings.preset,
+        "affine": settings.affine,
+        "model": None if model is None else str(getattr(model, "config", model)),
+        "optimize_steps": settings.optimize_steps,
+        "optimize_target": settings.optimize_target,
+        "downsample": settings.downsample,
+        "precision": settings.precision,
+        "device": str(settings.device),
+        "warnings": [],
+    }
+    check_finite(fixed_image, "fixed image")
+    check_finite(moving_image, "moving image")
+    expected = getattr(net, "expected_spacing", None)
+    if expected is not None and any(
+        abs(s - expected) > 0.25 * expected for s in fixed_image.spacing
+    ):
+        message = (
+            f"the model expects {expected:g} mm voxels; the fixed image has "
+            f"{'x'.join(f'{s:.2f}' for s in fixed_image.spacing)} mm: expect a poorer result "
+            "(resample the images, or refine the field with optimisation steps)"
+        )
+        warnings.warn(message, stacklevel=2)
+        info["warnings"].append(message)
+    start = time.perf_counter()
+    constant = constant_images(fixed_image, moving_image)
+    if constant:
+        message = f"{' and '.join(constant)} image is constant: registered as identity"
+        warnings.warn(message, stacklevel=2)
+        info["warnings"].append(message)
+        disp = torch.zeros(1, 3, *fixed_image.shape)
+        return RegistrationResult(fixed_image, moving_image, disp, None, 0.0, info)
+    pair = prepare(fixed_image, moving_image, settings)
+    world = align(pair, settings)
+    work = sample_pair(pair, world, settings)
+    disp = predict(work, net, settings)
+    disp = refine(work, disp, net, settings)
+    return finish(pair, work, disp, world, time.perf_counter() - start, info)

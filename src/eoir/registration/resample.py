@@ -1,0 +1,173 @@
+"""Map images between grids in world space: the bridge between files and fields.
+
+A registration result is one displacement ``disp`` on the fixed grid (voxel units of the fixed
+grid, :mod:`eoir.spatial` convention) that already includes any affine part. It means: fixed
+voxel ``p`` corresponds to the moving image's world point ``A_f (p + disp(p))``, i.e. to moving
+voxel ``A_m^-1 A_f (p + disp(p))``. A moving image on another grid is therefore sampled once,
+from its own voxels, with no intermediate resampling.
+
+An affine pre-alignment is a 4x4 ``world`` matrix mapping fixed RAS world points to moving RAS
+world points; :func:`total_field` folds it into ``disp``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from eoir.image import Image
+from eoir.spatial import Interpolation, identity_grid, sample, transform_positions, warp
+
+__all__ = ["moving_positions", "to_fixed_grid", "total_field", "warp_image"]
+
+
+def _matrix(fixed: Image, moving_affine: np.ndarray, world: np.ndarray | None) -> np.ndarray:
+    """Fixed voxel -> moving voxel matrix ``A_m^-1 [world] A_f``."""
+    middle = np.eye(4) if world is None else np.asarray(world, dtype=float)
+    return np.linalg.inv(moving_affine) @ middle @ fixed.affine
+
+
+def moving_positions(
+    fixed: Image,
+    moving_affine: np.ndarray,
+    disp: torch.Tensor | None = None,
+    world: np.ndarray | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Moving-image voxel coordinates of every fixed voxel.
+
+    Parameters
+    ----------
+    fixed : Image
+        The fixed grid.
+    moving_affine : numpy.ndarray
+        ``(4, 4)`` voxel -> RAS matrix of the moving image.
+    disp : torch.Tensor, optional
+        ``(1, 3, *fixed.shape)`` displacement in fixed voxels (applied before ``world``).
+    world : numpy.ndarray, optional
+        ``(4, 4)`` fixed world -> moving world (RAS mm) affine.
+    dtype : torch.dtype
+        Dtype of the result.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(1, 3, *fixed.shape)`` fractional voxel coordinates into the moving array.
+    """
+    device = disp.device if disp is not None else torch.device("cpu")
+    positions = identity_grid(fixed.shape, device, dtype)
+    if disp is not None:
+        positions = positions + disp.to(dtype)
+    return transform_positions(_matrix(fixed, moving_affine, world), positions)
+
+
+def to_fixed_grid(
+    moving: Image,
+    fixed: Image,
+    disp: torch.Tensor | None = None,
+    world: np.ndarray | None = None,
+    values: np.ndarray | None = None,
+    mode: Interpolation = "bilinear",
+) -> torch.Tensor:
+    """Sample the moving image onto the fixed grid (optionally through ``world`` and ``disp``).
+
+    Parameters
+    ----------
+    moving : Image
+        Image to sample.
+    fixed : Image
+        Target grid.
+    disp : torch.Tensor, optional
+        ``(1, 3, *fixed.shape)`` displacement in fixed voxels.
+    world : numpy.ndarray, optional
+        ``(4, 4)`` fixed world -> moving world affine.
+    values : numpy.ndarray, optional
+        Array to sample instead of ``moving.array`` (same grid), e.g. normalised intensities.
+    mode : {"bilinear", "nearest"}
+        Interpolation; outside the moving image the value is 0.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(1, 1, *fixed.shape)``: float32, or float64 for nearest sampling of integers too
+        large for float32 to hold exactly.
+    """
+    array = moving.array if values is None else values
+    dtype = torch.float32
+    if mode == "nearest" and np.issubdtype(array.dtype, np.integer) and array.size:
+        if max(abs(int(array.min())), abs(int(array.max()))) >= 2**24:
+            dtype = torch.float64
+    device = disp.device if disp is not None else torch.device("cpu")
+    image = torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)[None, None]
+    if world is None and moving.same_grid(fixed):
+        if disp is None:
+            return image
+        # one grid: the field's own warp (a sampling grid in one pass, no position map)
+        return warp(image, disp.to(dtype), mode=mode, padding="zeros")
+    positions = moving_positions(fixed, moving.affine, disp, world, dtype)
+    return sample(image, positions, mode=mode, padding="zeros")
+
+
+def warp_image(
+    moving: Image,
+    fixed: Image,
+    disp: torch.Tensor | None = None,
+    mode: Interpolation = "bilinear",
+) -> np.ndarray:
+    """Warp an original moving image (or label map) onto the fixed grid, keeping its dtype.
+
+    Parameters
+    ----------
+    moving : Image
+        The image as read (any grid, any dtype).
+    fixed : Image
+        The fixed grid.
+    disp : torch.Tensor, optional
+        ``(1, 3, *fixed.shape)`` total displacement in fixed voxels (affine part included);
+        None maps the image by geometry alone (before any registration).
+    mode : {"bilinear", "nearest"}
+        Linear for intensities, nearest for label maps (values are kept exactly).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(*fixed.shape)`` in ``moving.array``'s dtype (rounded and clipped for integer types).
+    """
+    warped = to_fixed_grid(moving, fixed, disp=disp, mode=mode)[0, 0].cpu()
+    dtype = moving.array.dtype
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        warped = warped.round_().clamp_(info.min, info.max)  # half to even, as numpy.rint
+    elif dtype == np.bool_:
+        warped = warped > 0.5
+    return warped.numpy().astype(dtype, copy=False)
+
+
+def total_field(
+    fixed: Image, disp: torch.Tensor | None = None, world: np.ndarray | None = None
+) -> torch.Tensor:
+    """Fold an affine pre-alignment into a displacement on the fixed grid.
+
+    Parameters
+    ----------
+    fixed : Image
+        The fixed grid.
+    disp : torch.Tensor, optional
+        ``(1, 3, *fixed.shape)`` deformable displacement in fixed voxels (zero if None).
+    world : numpy.ndarray, optional
+        ``(4, 4)`` fixed world -> moving world affine (identity if None).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(1, 3, *fixed.shape)``: ``A_f^-1 world A_f (p + disp(p)) - p``, fixed voxels.
+    """
+    if world is None:  # A_f^-1 A_f (p + disp) - p
+        return (
+            disp.to(torch.float32, copy=True)
+            if disp is not None
+            else torch.zeros(1, 3, *fixed.shape)
+        )
+    positions = moving_positions(fixed, fixed.affine, disp, world, dtype=torch.float64)
+    device = disp.device if disp is not None else torch.device("cpu")
+    return (positions - identity_grid(fixed.shape, device, torch.float64)).float()

@@ -1,0 +1,196 @@
+"""Training configuration: defaults, shipped recipes, user YAML files and command-line overrides.
+
+A config is a two-level mapping (``section.key``). Every key has a default here, so a recipe or
+a user file only states what differs; an unknown section or key is an error (it is a typo).
+Overrides are ``section.key=value`` strings with YAML values (``optim.lr=2e-4``,
+``model.factors=[2,2,1]``).
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eoir.errors import InputError, OptionError, reason
+from eoir.losses import PENALTIES, SIMILARITIES
+from eoir.nn.checkpoint import ARCHITECTURES
+from eoir.nn.model import COMPOSITIONS
+from eoir.options import look_up_option
+from eoir.registration.preprocess import PRESETS
+from eoir.training.data import PAIRINGS
+
+__all__ = ["CHOICES", "DEFAULTS", "SCHEDULES", "load_config", "recipe_names", "save_config"]
+
+SCHEDULES: dict[str, str] = {
+    "constant": "the same learning rate throughout",
+    "poly": "lr * (1 - step / steps) ** poly_power",
+}
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {
+        "architecture": "eoir",  # eoir | voxelmorph (the baseline; takes ndim, integration_steps)
+        "ndim": 3,
+        "width": 32,
+        "levels": 5,
+        "ks": 1,
+        "integration_steps": 7,
+        "composition": "compose",
+        "large_kernel": False,
+        "lk_size": 5,
+        "finest_level": 0,
+        "factors": 2,
+    },
+    "data": {
+        "preset": "mri",  # intensity normalisation (eoir.registration.preprocess.PRESETS)
+        "downsample": 1,  # train (and register) at 1/downsample resolution
+        "pairing": "random",  # all | random | atlas
+        "atlas": 0,  # index of the atlas subject for pairing: atlas
+        "cache": True,  # keep decoded volumes in memory
+        "workers": 2,  # DataLoader worker processes
+    },
+    "loss": {
+        "similarity": "ncc",  # ncc | mse | mind
+        "windows": [9, 5, 3],  # NCC window per level, finest first
+        "sim_weight": 1.0,
+        "reg_weight": 1.0,  # applied once (the reference code squares its weights)
+        "dice_weight": 1.0,  # used when the training subjects have label maps
+        "penalty": "l1",  # smoothness on each level's residual: l1 | l2
+    },
+    "optim": {
+        "lr": 1e-4,
+        "schedule": "constant",  # constant | poly
+        "poly_power": 0.9,
+        "weight_decay": 0.0,
+        "epochs": 301,
+        "max_steps": 0,  # stop after this many optimizer steps (0: epochs decide)
+    },
+    "train": {
+        "seed": 0,
+        "val_every": 0,  # validation every N steps (0: once per epoch)
+        "val_pairs": 0,  # validate on the first N pairs (0: all)
+        "save_every": 50,  # last.pt every N steps (and at the end)
+        "log_every": 10,
+        "amp": True,  # bf16 autocast on CUDA (ignored on CPU)
+        "checkpointing": False,  # recompute activations in backward: less memory, more time
+    },
+}
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped in the package."""
+    folder = resources.files("eoir.training") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{where}: not valid YAML ({reason(err)})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: a config is a mapping of sections")
+    return data
+
+
+PER_AXIS = {("model", "factors")}  # int keys that may also be one int per axis
+# keys whose value is one of an option's choices: that option's table
+CHOICES: dict[tuple[str, str], dict[str, Any]] = {
+    ("model", "architecture"): ARCHITECTURES,
+    ("model", "composition"): COMPOSITIONS,
+    ("data", "preset"): PRESETS,
+    ("data", "pairing"): PAIRINGS,
+    ("loss", "similarity"): SIMILARITIES,
+    ("loss", "penalty"): PENALTIES,
+    ("optim", "schedule"): SCHEDULES,
+}
+
+
+def _coerce(value: Any, section: str, key: str, where: str) -> Any:
+    """``value`` in the type of the key's default (YAML reads ``2e-4`` as a string)."""
+    default = DEFAULTS[section][key]
+    try:
+        if (section, key) in PER_AXIS and isinstance(value, list | tuple):
+            return [int(v) for v in value]
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+        elif isinstance(default, float):
+            if not isinstance(value, bool):
+                return float(value)
+        elif isinstance(default, int):
+            if not isinstance(value, bool) and float(value) == int(float(value)):
+                return int(float(value))
+        elif isinstance(default, list):
+            return list(value) if isinstance(value, list | tuple) else [value]
+        elif isinstance(value, str):
+            if (section, key) in CHOICES:
+                look_up_option(f"{section}.{key}", value, CHOICES[section, key])
+            return value
+    except InputError as err:
+        raise InputError(f"{where}: {err}") from None
+    except (TypeError, ValueError):
+        pass
+    raise InputError(f"{where}: {section}.{key} = {value!r} is not a {type(default).__name__}")
+
+
+def _merge(config: dict[str, dict[str, Any]], update: dict[str, Any], where: str) -> None:
+    for section, values in update.items():
+        if section not in DEFAULTS:
+            raise InputError(f"{where}: unknown section {section!r} (have {', '.join(DEFAULTS)})")
+        if not isinstance(values, dict):
+            raise InputError(f"{where}: section {section!r} must be a mapping")
+        for key, value in values.items():
+            if key not in DEFAULTS[section]:
+                raise InputError(f"{where}: unknown key {section}.{key}")
+            config[section][key] = _coerce(value, section, key, where)
+
+
+def load_config(
+    recipe: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Resolve a config: defaults, then a recipe, then a user file, then overrides.
+
+    Parameters
+    ----------
+    recipe : str, optional
+        A shipped recipe name (:func:`recipe_names`).
+    config_file : path, optional
+        A user YAML file (may hold any subset of the keys).
+    overrides : list of str, optional
+        ``section.key=value`` strings.
+
+    Returns
+    -------
+    dict
+        The full config.
+    """
+    config = copy.deepcopy(DEFAULTS)
+    if recipe is not None:
+        names = recipe_names()
+        if recipe not in names:
+            raise OptionError("recipe", recipe, f"no such recipe (have {', '.join(names)})")
+        text = (resources.files("eoir.training") / "recipes" / f"{recipe}.yaml").read_text()
+        _merge(config, _read_yaml(text, f"recipe {recipe}"), f"recipe {recipe}")
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise InputError(f"{path}: config file not found")
+        _merge(config, _read_yaml(path.read_text(), str(path)), str(path))
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise OptionError("overrides", item, "write section.key=value (e.g. optim.lr=2e-4)")
+        _merge(config, {section: {name: yaml.safe_load(value)}}, f"override {item}")
+    return config
+
+
+def save_config(path: str | Path, config: dict[str, Any]) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config, sort_keys=False))

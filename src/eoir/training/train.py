@@ -1,0 +1,399 @@
+"""Training: the multi-level loss on dataset pairs, checkpoints, resume, logs, several processes.
+
+One process, or several under ``torchrun`` (DistributedDataParallel: gloo on CPU, nccl on
+CUDA), each taking its share of every epoch's pairs; rank 0 validates and writes the run folder:
+
+- ``config.yaml``: the resolved config;
+- ``last.pt`` (every ``train.save_every`` steps and at the end) and ``best.pt`` (best validation
+  score), written atomically: a checkpoint holds the weights, the model config, the run config,
+  the optimizer and scheduler states, ``step`` (optimizer steps done) and the RNG states, so
+  ``--resume`` continues exactly where a killed run stopped;
+- ``metrics.csv`` and, when the ``tensorboard`` package is installed, TensorBoard scalars in
+  ``tensorboard/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from eoir.errors import InputError
+from eoir.io import load_dataset
+from eoir.losses import multilevel_loss, ncc_loss, one_hot
+from eoir.metrics import mean_dice
+from eoir.nn.checkpoint import build_model, read_checkpoint, save_model
+from eoir.runtime import distributed, finish_distributed, rank_device, resolve_device
+from eoir.spatial import warp
+from eoir.training.config import save_config
+from eoir.training.data import PairDataset, StepPairs
+
+__all__ = [
+    "RUN_FILES",
+    "train",
+    "training_step",
+    "validation_score",
+]
+
+RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.csv", "tensorboard")
+CSV_FIELDS = ["step", "epoch", "loss", "similarity", "smoothness", "dice", "lr", "val", "seconds"]
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, position, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
+    state = {
+        "torch": torch.get_rng_state(),
+        # plain lists: weights_only loading refuses numpy arrays
+        "numpy": [kind, keys.tolist(), int(position), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    keys = np.array(keys, dtype=np.uint32)
+    np.random.set_state((kind, keys, position, has_gauss, gauss))  # noqa: NPY002
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise InputError(f"{out}: nothing to resume (no last.pt)")
+        return
+    if existing and not overwrite:
+        raise InputError(
+            f"{out}: holds another run ({', '.join(existing)})", switches=("resume", "overwrite")
+        )
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+
+
+class _Log:
+    """Progress on a terminal, plain lines otherwise; the CSV; TensorBoard when installed."""
+
+    def __init__(
+        self, out: Path, total: int, start: int, enabled: bool, echo: Callable[[str], None]
+    ):
+        self.enabled, self.total, self.start, self.echo = enabled, total, start, echo
+        self.tty = enabled and sys.stdout.isatty()
+        self.began = time.perf_counter()
+        self.writer = None
+        if not enabled:
+            return
+        new = not (out / "metrics.csv").exists()
+        self.csv_file = open(out / "metrics.csv", "a", newline="")
+        self.csv = csv.DictWriter(self.csv_file, fieldnames=CSV_FIELDS)
+        if new:
+            self.csv.writeheader()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1)
+        except ImportError:
+            echo("tensorboard is not installed: metrics go to metrics.csv only")
+
+    def row(self, values: dict[str, Any], show: bool) -> None:
+        if not self.enabled:
+            return
+        self.csv.writerow({k: values.get(k, "") for k in CSV_FIELDS})
+        self.csv_file.flush()
+        if self.writer is not None:
+            for key in ("loss", "similarity", "smoothness", "dice", "lr", "val"):
+                if values.get(key, "") != "":
+                    self.writer.add_scalar(
+                        f"train/{key}" if key != "val" else "val/score",
+                        float(values[key]),
+                        values["step"],
+                    )
+        if show:
+            step = values["step"]
+            rate = (step - self.start) / max(time.perf_counter() - self.began, 1e-9)
+            eta = (self.total - step) / max(rate, 1e-9)
+            text = f"step {step}/{self.total} loss {values['loss']:.4f} lr {values['lr']:.2e}"
+            if values.get("val", "") != "":
+                text += f" val {values['val']:.4f}"
+            text += f" {rate:.2f} it/s ETA {int(eta // 60):02d}:{int(eta % 60):02d}"
+            if self.tty:
+                print("\r" + text, end="" if step < self.total else "\n", flush=True)
+            else:
+                self.echo(text)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.csv_file.close()
+            if self.writer is not None:
+                self.writer.close()
+
+
+def training_step(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    loss_config: dict[str, Any],
+    amp: bool,
+    **labels: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step of ``eoir train`` on a pair.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        A training-mode EOIR or VoxelMorph (or its DistributedDataParallel wrapper).
+    optimizer : torch.optim.Optimizer
+        Steps once (the caller steps any scheduler).
+    moving, fixed : torch.Tensor
+        ``(B, 1, *spatial)`` normalised images.
+    loss_config : dict
+        The config's ``loss`` section (:mod:`eoir.training.config`).
+    amp : bool
+        bf16 autocast for the forward pass (the fields and the loss stay float32).
+    **labels : torch.Tensor
+        ``moving_labels`` and ``fixed_labels`` one-hot ``(B, L, *spatial)`` for the Dice term.
+
+    Returns
+    -------
+    tuple
+        The loss and its terms (:func:`eoir.losses.multilevel_loss`).
+    """
+    with torch.autocast(moving.device.type, dtype=torch.bfloat16, enabled=amp):
+        output = net(moving, fixed, levels=True)
+    loss, terms = multilevel_loss(
+        [f.float() for f in output.fields],
+        [r.float() for r in output.residuals],
+        moving,
+        fixed,
+        similarity=loss_config["similarity"],
+        windows=loss_config["windows"],
+        sim_weight=float(loss_config["sim_weight"]),
+        reg_weight=float(loss_config["reg_weight"]),
+        dice_weight=float(loss_config["dice_weight"]),
+        penalty=loss_config["penalty"],
+        **labels,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, terms
+
+
+def validation_score(model: torch.nn.Module, data: PairDataset, device: torch.device) -> float:
+    """Mean validation score: Dice (Learn2Reg labels) when label maps exist, else NCC."""
+    scores = []
+    model.eval()
+    with torch.no_grad():
+        for index in range(len(data)):
+            item = data[index]
+            fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
+            disp = model(moving, fixed)
+            if "moving_labels" in item:
+                warped = warp(
+                    item["moving_labels"][None].double(), disp.double().cpu(), mode="nearest"
+                )
+                scores.append(mean_dice(item["fixed_labels"], warped, item["moving_labels"]))
+            else:
+                scores.append(1.0 - float(ncc_loss(warp(moving, disp), fixed)))
+    model.train()
+    return float(np.nanmean(scores)) if scores else float("nan")
+
+
+def train(
+    dataset: str | Path,
+    out: str | Path,
+    config: dict[str, dict[str, Any]],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str = "cpu",
+    max_steps: int | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train an EOIR model on a dataset.
+
+    Parameters
+    ----------
+    dataset : path
+        A Learn2Reg ``dataset.json`` or a folder (:func:`eoir.io.load_dataset`).
+    out : path
+        The run folder (created; refused if it holds another run, unless ``resume`` or
+        ``overwrite``).
+    config : dict
+        A resolved config (:func:`eoir.training.config.load_config`). On resume the run's own
+        config is used and only ``max_steps`` may change.
+    resume : bool
+        Continue from ``out/last.pt``.
+    overwrite : bool
+        Replace a previous run in ``out``.
+    device : str
+        ``"cpu"`` or ``"cuda"`` (under torchrun each rank uses ``cuda:LOCAL_RANK``).
+    max_steps : int, optional
+        Stop after this many optimizer steps in all (overrides ``optim.max_steps``).
+    echo : callable
+        Where log lines go.
+
+    Returns
+    -------
+    dict
+        ``step``, ``best`` (best validation score, None without validation pairs),
+        ``seconds``.
+    """
+    out = Path(out)
+    rank, world = distributed(device)
+    dev = rank_device(resolve_device(device), world)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed training shapes: pick the fastest convs
+    _prepare_run_dir(out, resume, overwrite)
+    if world > 1:
+        dist.barrier()  # every rank has checked the folder before rank 0 writes to it
+    state = read_checkpoint(out / "last.pt") if resume else None
+    if state is not None:
+        config = state["run_config"]
+    if max_steps is not None:
+        config["optim"]["max_steps"] = int(max_steps)
+    spec = load_dataset(dataset)
+    mc, dc, lc, oc, tc = (config[k] for k in ("model", "data", "loss", "optim", "train"))
+    if bool(tc["checkpointing"]) and mc["architecture"] != "eoir":
+        raise InputError(f"train.checkpointing: not available for {mc['architecture']} models")
+
+    if rank == 0:
+        if overwrite and not resume:
+            for name in RUN_FILES:
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(out / "config.yaml", config)
+    torch.manual_seed(int(tc["seed"]))
+    np.random.seed(int(tc["seed"]))  # noqa: NPY002
+    random.seed(int(tc["seed"]))
+
+    model = build_model(mc, strict=False).to(dev)
+    model.activation_checkpointing = bool(tc["checkpointing"])
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=float(oc["lr"]), amsgrad=True, weight_decay=float(oc["weight_decay"])
+    )
+    pairs = StepPairs(
+        len(spec.training), dc["pairing"], int(tc["seed"]), rank, world, int(dc["atlas"])
+    )
+    total = int(oc["max_steps"]) or int(oc["epochs"]) * pairs.steps_per_epoch
+    power = float(oc["poly_power"])
+    schedule = (
+        (lambda s: (1.0 - min(s, total - 1) / total) ** power)
+        if oc["schedule"] == "poly"
+        else (lambda s: 1.0)
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    start, best = 0, -math.inf
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, best = int(state["step"]), float(state.get("best", -math.inf))
+        _set_rng_state(state["rng"])
+        echo(f"resuming {out} at step {start} of {total}")
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if start >= total:
+        finish_distributed()
+        return {"step": start, "best": best if math.isfinite(best) else None, "seconds": 0.0}
+
+    train_data = PairDataset(
+        spec.training, pairs, dc["preset"], int(dc["downsample"]), bool(dc["cache"])
+    )
+    workers = int(dc["workers"])
+    loader = torch.utils.data.DataLoader(
+        train_data,
+        batch_size=1,
+        sampler=range(start, total),
+        num_workers=workers,
+        persistent_workers=False,
+        prefetch_factor=2 if workers > 0 else None,
+    )
+    val_list = spec.val[: int(tc["val_pairs"])] if int(tc["val_pairs"]) else spec.val
+    subjects = [s for pair in val_list for s in pair]
+    val_data = PairDataset(
+        subjects,
+        [(2 * i, 2 * i + 1) for i in range(len(val_list))],
+        dc["preset"],
+        int(dc["downsample"]),
+    )
+    val_every = int(tc["val_every"]) or pairs.steps_per_epoch
+    use_dice = float(lc["dice_weight"]) > 0
+    amp = bool(tc["amp"]) and dev.type == "cuda"
+    log = _Log(out, total, start, rank == 0, echo)
+    began = time.perf_counter()
+    step = start
+    try:
+        for step_index, batch in zip(range(start, total), loader, strict=False):
+            fixed = batch["fixed"].to(dev, non_blocking=True)
+            moving = batch["moving"].to(dev, non_blocking=True)
+            labels = {}
+            if use_dice and "moving_labels" in batch:
+                labels = {
+                    "moving_labels": one_hot(batch["moving_labels"].to(dev), spec.labels),
+                    "fixed_labels": one_hot(batch["fixed_labels"].to(dev), spec.labels),
+                }
+            loss, terms = training_step(net, optimizer, moving, fixed, lc, amp, **labels)
+            scheduler.step()
+            step = step_index + 1
+            row: dict[str, Any] = {}
+            validate = step % val_every == 0 or step == total
+            if step % int(tc["log_every"]) == 0 or validate or step == start + 1:
+                row = {
+                    "step": step,
+                    "epoch": step_index // pairs.steps_per_epoch,
+                    "loss": float(loss.detach()),
+                    **{k: float(v) for k, v in terms.items()},
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": round(time.perf_counter() - began, 3),
+                }
+            if validate and rank == 0 and len(val_data):
+                row["val"] = validation_score(model, val_data, dev)
+                if row["val"] > best:
+                    best = row["val"]
+                    save_model(
+                        out / "best.pt", model, **_extra(optimizer, scheduler, step, best, config)
+                    )
+            if row:
+                log.row(row, show=True)
+            if rank == 0 and (step % int(tc["save_every"]) == 0 or step == total):
+                save_model(
+                    out / "last.pt", model, **_extra(optimizer, scheduler, step, best, config)
+                )
+            if world > 1 and validate:
+                dist.barrier()
+    finally:
+        log.close()
+    finish_distributed()
+    best_or_none = best if math.isfinite(best) else None
+    return {"step": step, "best": best_or_none, "seconds": time.perf_counter() - began}
+
+
+def _extra(optimizer, scheduler, step: int, best: float, config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "best": best,
+        "rng": _rng_state(),
+        "run_config": config,
+    }

@@ -1,0 +1,154 @@
+"""Losses: NCC, MIND-SSC, smoothness, Dice, pyramids and the multi-level loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eoir.losses import (
+    box_filter,
+    dice_loss,
+    gaussian_blur,
+    gradient_loss,
+    mind_loss,
+    mind_ssc,
+    multilevel_loss,
+    ncc_loss,
+    one_hot,
+    pyramid,
+)
+from eoir.nn import EOIR
+from eoir.spatial import warp
+from helpers import smooth_field, smooth_image
+
+
+def _textured(shape, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.rand(1, 1, *shape, generator=gen)
+    return gaussian_blur(noise, sigma=1.0) + 0.5 * smooth_image(shape, seed)
+
+
+def _dense_ncc(a, b, window):
+    """Reference: VoxelMorph's NCC with a dense w^ndim box kernel."""
+    ndim = a.dim() - 2
+    kernel = torch.ones(1, 1, *[window] * ndim, dtype=a.dtype)
+    conv = F.conv3d if ndim == 3 else F.conv2d
+    pad = window // 2
+    s = [conv(x, kernel, padding=pad) for x in (a, b, a * a, b * b, a * b)]
+    n = window**ndim
+    ua, ub = s[0] / n, s[1] / n
+    cross = s[4] - ub * s[0] - ua * s[1] + ua * ub * n
+    var_a = s[2] - 2 * ua * s[0] + ua * ua * n
+    var_b = s[3] - 2 * ub * s[1] + ub * ub * n
+    return 1 - (cross * cross / (var_a * var_b + 1e-5)).mean()
+
+
+@pytest.mark.parametrize("shape", [(20, 24), (12, 14, 16)])
+def test_ncc_matches_dense_reference(shape):
+    a, b = _textured(shape, 0).double(), _textured(shape, 1).double()
+    for window in (3, 5, 9):
+        torch.testing.assert_close(
+            ncc_loss(a, b, window).double(), _dense_ncc(a, b, window), atol=1e-5, rtol=1e-5
+        )
+
+
+@pytest.mark.parametrize("shape", [(32, 36), (16, 18, 20)])
+def test_ncc_self_is_optimal_and_scale_invariant(shape):
+    image = _textured(shape, 0)
+    other = warp(image, smooth_field(shape, 2.0, seed=3))
+    self_loss = ncc_loss(image, image)
+    assert self_loss < 1e-3
+    assert ncc_loss(image, other) > self_loss + 0.05
+    for scale in (0.5, 3.0, 20.0):
+        torch.testing.assert_close(
+            ncc_loss(scale * image, other), ncc_loss(image, other), atol=1e-4, rtol=0
+        )
+        assert ncc_loss(scale * image, image) < 1e-3
+
+
+def test_box_filter_on_grids_smaller_than_the_window():
+    x = torch.rand(1, 2, 4, 3, 12)
+    reference = F.conv3d(
+        x.reshape(2, 1, 4, 3, 12), torch.ones(1, 1, 5, 5, 5) / 125, padding=2
+    ).reshape(1, 2, 4, 3, 12)
+    torch.testing.assert_close(box_filter(x, 5), reference)
+
+
+def test_box_filter_is_a_windowed_mean():
+    x = torch.ones(1, 1, 9, 9, 9)
+    out = box_filter(x, 3)
+    assert out[0, 0, 4, 4, 4] == 1.0
+    torch.testing.assert_close(out[0, 0, 0, 0, 0], torch.tensor(8 / 27))  # zero padded corner
+
+
+@pytest.mark.parametrize("shape", [(24, 28), (14, 16, 18)])
+def test_mind_is_modality_independent(shape):
+    image = _textured(shape, 0)
+    channels = mind_ssc(image).shape[1]
+    assert channels == (12 if len(shape) == 3 else 4)
+    # contrast inversion and rescaling keep the self-similarity pattern
+    torch.testing.assert_close(mind_ssc(1.0 - image), mind_ssc(image), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mind_ssc(7.0 * image), mind_ssc(image), atol=1e-5, rtol=1e-5)
+    assert mind_loss(1.0 - image, image) < 1e-6
+    moved = warp(image, smooth_field(shape, 2.0, seed=2))
+    assert mind_loss(1.0 - image, moved) > 1e-3
+
+
+def test_gradient_loss_known_values():
+    assert gradient_loss(torch.ones(1, 3, 6, 6, 6) * 4.0) == 0
+    ramp = torch.arange(6.0).view(1, 1, 6, 1, 1).expand(1, 3, 6, 5, 4) * 0.5
+    torch.testing.assert_close(gradient_loss(ramp, "l1"), torch.tensor(0.5 / 3))
+    torch.testing.assert_close(gradient_loss(ramp, "l2"), torch.tensor(0.25 / 3))
+    ramp2d = torch.arange(5.0).view(1, 1, 1, 5).expand(1, 2, 4, 5) * 2.0
+    torch.testing.assert_close(gradient_loss(ramp2d, "l1"), torch.tensor(1.0))
+
+
+def test_one_hot_with_label_values():
+    labels = torch.tensor([[0, 4, 2035], [4, 7, 0]]).view(1, 1, 2, 3)
+    encoded = one_hot(labels, [0, 4, 2035])
+    assert encoded.shape == (1, 3, 2, 3)
+    assert encoded[0, :, 0, 2].tolist() == [0, 0, 1]
+    assert encoded[0, :, 1, 1].tolist() == [0, 0, 0]  # 7 is not listed
+    assert one_hot(torch.tensor([[[1, 0]]]).view(1, 1, 1, 2), 3)[0, :, 0, 0].tolist() == [0, 1, 0]
+
+
+def test_dice_loss_bounds():
+    a = one_hot(torch.randint(0, 3, (1, 1, 8, 8, 8)), 3)
+    assert dice_loss(a, a) < 1e-6
+    b = one_hot(torch.zeros(1, 1, 4, 4, dtype=torch.long), 2)
+    c = one_hot(torch.ones(1, 1, 4, 4, dtype=torch.long), 2)
+    torch.testing.assert_close(dice_loss(b, c), torch.tensor(1.0))
+
+
+def test_gaussian_blur_and_pyramid():
+    const = torch.ones(1, 2, 20, 20, 20)
+    assert torch.allclose(gaussian_blur(const)[..., 2:-2, 2:-2, 2:-2], const[..., 2:-2, 2:-2, 2:-2])
+    levels = pyramid(torch.rand(1, 1, 16, 16, 4), [(16, 16, 4), (8, 8, 4), (4, 4, 4)])
+    assert [tuple(x.shape[2:]) for x in levels] == [(16, 16, 4), (8, 8, 4), (4, 4, 4)]
+
+
+@pytest.mark.parametrize("similarity", ["ncc", "mse", "mind"])
+def test_multilevel_loss_terms_and_gradients(similarity):
+    shape = (20, 18, 22)  # odd sizes: the model pads, the loss pads the images to match
+    model = EOIR(width=4, levels=3)
+    moving, fixed = _textured(shape, 0), _textured(shape, 1)
+    labels = one_hot(torch.randint(0, 3, (1, 1, *shape)), 3)
+    out = model(moving, fixed, levels=True)
+    total, terms = multilevel_loss(
+        out.fields,
+        out.residuals,
+        moving,
+        fixed,
+        similarity=similarity,
+        moving_labels=labels,
+        fixed_labels=labels.flip(2),
+    )
+    assert total.dim() == 0 and torch.isfinite(total)
+    assert terms["similarity"] > 0 and terms["smoothness"] > 0 and terms["dice"] > 0
+    total.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    no_dice, terms = multilevel_loss(
+        out.fields, out.residuals, moving, fixed, similarity=similarity
+    )
+    assert terms["dice"] == 0 and no_dice < total
