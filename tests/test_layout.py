@@ -90,3 +90,9 @@ def test_the_library_names_no_command_line_flags_in_its_messages(path):
         if isinstance(node, ast.Raise) and node.exc is not None:
             text = ast.unparse(node.exc)
             assert not re.search(r"--[a-z]", text), f"{path.name}: {text}"
+
+
+def test_every_folder_of_modules_is_a_package():
+    """A folder without ``__init__.py`` imports from a checkout but is left out of the wheel."""
+    for folder in {p.parent for p in SOURCE.rglob("*.py")}:
+        assert (folder / "__init__.py").is_file(), f"{folder} has no __init__.py"
