@@ -16,10 +16,12 @@ Which labels a mean counts (``convention``):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 
+from eoir.options import look_up_option
 from eoir.spatial import (
     jacobian_determinant_slabs,
     sample_at_points,
@@ -28,6 +30,8 @@ from eoir.spatial import (
 )
 
 __all__ = [
+    "CONVENTIONS",
+    "Convention",
     "determinant_stats",
     "dice_per_label",
     "evaluation_labels",
@@ -38,7 +42,12 @@ __all__ = [
     "tre",
 ]
 
-_CONVENTIONS = ("l2r", "paper")
+# which labels a mean over labels counts (module docstring)
+CONVENTIONS: dict[str, str] = {
+    "l2r": "the labels present in both the fixed and the moving map (Learn2Reg's evaluator)",
+    "paper": "every label of the class list; one absent from both maps scores 0 (EOIR's)",
+}
+Convention = Literal["l2r", "paper"]
 
 
 def _numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -65,7 +74,7 @@ def evaluation_labels(
     fixed: np.ndarray | torch.Tensor,
     moving: np.ndarray | torch.Tensor,
     labels: Sequence[int] | None = None,
-    convention: str = "l2r",
+    convention: Convention = "l2r",
 ) -> list[int]:
     """The foreground labels a pair is scored on (module docstring).
 
@@ -83,8 +92,7 @@ def evaluation_labels(
     list of int
         Sorted label values, background excluded.
     """
-    if convention not in _CONVENTIONS:
-        raise ValueError(f"convention must be one of {_CONVENTIONS}, got {convention!r}")
+    look_up_option("convention", convention, CONVENTIONS)
     in_fixed = _foreground(_labels_array(fixed, "fixed labels"))
     in_moving = _foreground(_labels_array(moving, "moving labels"))
     wanted = None if labels is None else {int(v) for v in labels if int(v) != 0}
@@ -151,7 +159,7 @@ def mean_dice(
     warped: np.ndarray | torch.Tensor,
     moving: np.ndarray | torch.Tensor,
     labels: Sequence[int] | None = None,
-    convention: str = "l2r",
+    convention: Convention = "l2r",
 ) -> float:
     """Mean Dice of a registered pair over the labels ``convention`` counts.
 
