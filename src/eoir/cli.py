@@ -9,14 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
 from eoir._version import __version__
-from eoir.errors import InputError, OptionError
+from eoir.errors import InputError, OptionError, reason
 from eoir.io import (
     FIELD_FORMATS,
     SPLITS,
@@ -150,6 +152,7 @@ def _run_register(args: argparse.Namespace) -> int:
         [*images, args.json_path, args.figure],
         args.overwrite,
         suffixes=(*WRITABLE_SUFFIXES, ".json", ".png"),
+        inputs=[args.fixed, args.moving, args.moving_labels, args.fixed_labels],
     )
     if args.field is not None:
         check_field_target(args.field, args.field_format)
@@ -211,7 +214,7 @@ def _run_register(args: argparse.Namespace) -> int:
 
 
 def _run_apply(args: argparse.Namespace) -> int:
-    outputs = OutputSet([args.out], args.overwrite)
+    outputs = OutputSet([args.out], args.overwrite, inputs=[args.field, args.moving])
     disp, grid = read_field(args.field)
     moving = read_image(args.moving, "moving image")
     warped = warp_image(moving, grid, disp, mode="nearest" if args.nearest else "bilinear")
@@ -222,7 +225,7 @@ def _run_apply(args: argparse.Namespace) -> int:
 
 
 def _run_jacobian(args: argparse.Namespace) -> int:
-    outputs = OutputSet([args.out], args.overwrite)
+    outputs = OutputSet([args.out], args.overwrite, inputs=[args.field])
     disp, grid = read_field(args.field)
     det = jacobian_determinant(disp.double())[0]
     stats = determinant_stats(det)
@@ -520,6 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    command = parser._subparsers._group_actions[0].choices[args.command]
+    previous = _on_terminate()
     try:
         with warnings.catch_warnings():
             # the commands report eoir's own warnings on stderr themselves
@@ -527,9 +532,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.filterwarnings("ignore", message="the model expects")
             return int(args.func(args))
     except InputError as err:
-        command = parser._subparsers._group_actions[0].choices[args.command]
-        print(f"eoir {args.command}: error: {one_line(err, command)}", file=sys.stderr)
-        return 2
+        return _fail(args.command, f"error: {one_line(err, command)}", 2)
+    except KeyboardInterrupt:  # outputs not yet in place were removed on the way out
+        return _fail(args.command, "interrupted (outputs in progress removed)", 130)
+    except _Terminated:
+        return _fail(args.command, "terminated (outputs in progress removed)", 143)
+    except MemoryError:
+        return _fail(args.command, "error: out of memory (try a smaller image or --downsample)", 2)
+    except OSError as err:  # a full disk, a file that vanished: the file and the reason
+        where = f"{err.filename}: " if err.filename else ""
+        return _fail(args.command, f"error: {where}{err.strerror or reason(err)}", 2)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(Exception):
+    """SIGTERM, raised in the main thread so that outputs in progress are cleaned up."""
+
+
+def _on_terminate():
+    """Turn SIGTERM into :class:`_Terminated` (main thread only); returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    print(f"eoir {command}: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -308,7 +308,7 @@ def test_dicom_series_folder_reads_with_geometry(tmp_path):
     np.testing.assert_array_equal(read.array, image.array)
     np.testing.assert_allclose(read.affine, image.affine, atol=1e-4)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no DICOM series"):
+    with pytest.raises(InputError, match="is an empty folder"):
         read_image(tmp_path / "empty")
 
 

@@ -9,7 +9,13 @@ ITK's ``(z, y, x)`` arrays become ``(x, y, z)``, which is ITK's index order).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
 import os
+import warnings
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +29,14 @@ from eoir.spatial import lps_affine
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
-__all__ = ["NIFTI_SUFFIXES", "ImageLike", "as_image", "as_sitk_image", "read_image"]
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "ImageLike",
+    "as_image",
+    "as_sitk_image",
+    "available_memory",
+    "read_image",
+]
 
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -55,18 +68,44 @@ def _sitk_geometry(affine: np.ndarray) -> tuple[list[float], list[float], list[f
     return spacing.tolist(), lps[:3, 3].tolist(), direction.ravel().tolist()
 
 
-def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
+@contextlib.contextmanager
+def _quiet_itk():
+    """ITK prints its warnings straight to the process's stderr; eoir's own line says enough."""
     import SimpleITK as sitk  # imported on use: slow to import
 
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        files = reader.GetGDCMSeriesFileNames(str(path))
-        if not files:
-            raise InputError(f"{path}: folder holds no DICOM series")
-        reader.SetFileNames(files)
-        image = reader.Execute()
-    else:
-        image = sitk.ReadImage(str(path))
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield sitk
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def _read_sitk(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    with _quiet_itk() as sitk:
+        if path.is_dir():
+            if not any(path.iterdir()):
+                raise InputError(f"{path}: {what} is an empty folder")
+            reader = sitk.ImageSeriesReader()
+            files = reader.GetGDCMSeriesFileNames(str(path))
+            if not files:
+                raise InputError(f"{path}: folder holds no DICOM series")
+            reader.SetFileNames(files)
+            info = sitk.ImageFileReader()
+            info.SetFileName(files[0])
+            info.ReadImageInformation()
+            size = (*info.GetSize()[:2], len(files))
+            _check_size(path, what, size, info.GetNumberOfComponents(), None, None)
+            image = reader.Execute()
+        else:
+            info = sitk.ImageFileReader()
+            info.SetFileName(str(path))
+            info.ReadImageInformation()
+            size = info.GetSize()
+            bytes_per = sitk.GetPixelIDValueAsString(info.GetPixelID())
+            itemsize = _SITK_BYTES.get(bytes_per.split()[-1], 8) * info.GetNumberOfComponents()
+            _check_size(path, what, size, itemsize, None, None)
+            image = sitk.ReadImage(str(path))
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
@@ -74,6 +113,129 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, np.ndarray]:
         )
     array = sitk.GetArrayFromImage(image)  # (z, y, x)
     return np.ascontiguousarray(array.transpose()), _affine_from_sitk(image)
+
+
+# bytes per voxel of SimpleITK's pixel types, by the last word of their names
+_SITK_BYTES = {"8-bit": 1, "16-bit": 2, "32-bit": 4, "64-bit": 8, "float": 4, "double": 8}
+# deflate never compresses by more than this ratio (a stream of one repeated byte)
+_DEFLATE_MAX_RATIO = 1032
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or None."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gigabytes(n: float) -> str:
+    if n >= 1e8:
+        return f"{n / 1e9:.2f} GB"
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _check_size(
+    path: Path,
+    what: str,
+    shape: Sequence[int],
+    itemsize: int,
+    offset: int | None,
+    compressed: bool | None,
+) -> None:
+    """Refuse a header whose voxel count the file cannot hold, or memory cannot, before any
+    voxel is read.
+
+    A raw file (``compressed=False``) must hold ``offset + voxels * itemsize`` bytes; a gzip file
+    at most :data:`_DEFLATE_MAX_RATIO` times its own size (deflate's largest ratio); any image
+    must fit twice into the available memory (the array and the float32 copy registration
+    makes). ``compressed=None``: the format decides (SimpleITK's), memory alone is checked.
+    """
+    dims = [int(n) for n in shape]
+    if any(n < 1 for n in dims):
+        raise InputError(f"{path}: {what} header gives the size {tuple(dims)}: sizes must be >= 1")
+    needed = math.prod(dims) * int(itemsize)
+    if not path.is_dir():
+        size = path.stat().st_size
+        if compressed is False and (offset or 0) + needed > size:
+            raise InputError(
+                f"{path}: {what} header says {'x'.join(map(str, dims))} voxels "
+                f"({_gigabytes(needed)}) but the file holds {_gigabytes(size)}: truncated, or a "
+                "wrong header"
+            )
+        if compressed and needed > _DEFLATE_MAX_RATIO * size:
+            raise InputError(
+                f"{path}: {what} header says {'x'.join(map(str, dims))} voxels "
+                f"({_gigabytes(needed)}), more than a {_gigabytes(size)} gzip file can hold: "
+                "a wrong header"
+            )
+    memory = available_memory()
+    if memory is not None and 2 * needed > memory:
+        raise InputError(
+            f"{path}: {what} of {'x'.join(map(str, dims))} voxels needs {_gigabytes(2 * needed)} "
+            f"to read and register; {_gigabytes(memory)} of memory is available"
+        )
+
+
+def _check_geometry(path: Path, what: str, affine: np.ndarray, header=None) -> None:
+    """Refuse a voxel -> world matrix that maps no volume: non-finite, a zero or singular
+    spacing (NIfTI: also a zero ``pixdim`` that nibabel would silently take as 1 mm)."""
+    linear = affine[:3, :3]
+    if not np.isfinite(affine).all():
+        raise InputError(f"{path}: {what} has NaN or infinite values in its voxel -> world matrix")
+    if header is not None and int(header.get("sform_code", 0)) == 0:
+        pixdim = np.asarray(header["pixdim"][1:4], dtype=float)
+        if not (np.isfinite(pixdim) & (pixdim != 0)).all():
+            raise InputError(
+                f"{path}: {what} has voxel spacing {tuple(float(v) for v in pixdim)} in its "
+                "header (pixdim): every spacing must be non-zero"
+            )
+    spacing = np.linalg.norm(linear, axis=0)
+    if (spacing <= 0).any():
+        raise InputError(
+            f"{path}: {what} has voxel spacing {tuple(float(v) for v in spacing)} mm: every "
+            "spacing must be positive"
+        )
+    if abs(np.linalg.det(linear)) <= 1e-6 * float(np.prod(spacing)):
+        raise InputError(
+            f"{path}: {what} has a singular voxel -> world matrix (its axes are not independent "
+            "in world space)"
+        )
+
+
+def _read_nifti(path: Path, what: str):
+    # nibabel's warnings and log lines on odd headers (it "fixes" some as it loads): the raw
+    # header is checked below and eoir says what is wrong in its own one line
+    log = logging.getLogger("nibabel.global")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            nifti = nib.load(str(path))
+            with nib.openers.ImageOpener(str(path)) as stream:
+                raw = type(nifti.header).from_fileobj(stream, check=False)
+    finally:
+        log.setLevel(level)
+    header = nifti.header
+    _check_size(
+        path,
+        what,
+        raw.get_data_shape(),
+        header.get_data_dtype().itemsize,
+        int(raw.get("vox_offset", 0)),
+        _suffix(path) == ".nii.gz",
+    )
+    affine = np.asarray(nifti.affine, dtype=float)
+    _check_geometry(path, what, affine, raw)
+    return np.asanyarray(nifti.dataobj), affine, header.copy()
 
 
 def read_image(path: str | os.PathLike, what: str = "image") -> Image:
@@ -94,7 +256,9 @@ def read_image(path: str | os.PathLike, what: str = "image") -> Image:
     Raises
     ------
     InputError
-        Missing or unreadable file, not 3-D, non-scalar voxels.
+        Missing or unreadable file, not 3-D, non-scalar voxels; a header whose voxel count the
+        file (or the available memory) cannot hold, checked before any voxel is read; a
+        voxel -> world matrix with NaN, zero spacing or singular axes.
 
     Examples
     --------
@@ -111,15 +275,23 @@ def read_image(path: str | os.PathLike, what: str = "image") -> Image:
     header = None
     try:
         if not p.is_dir() and _suffix(p) in NIFTI_SUFFIXES:
-            nifti = nib.load(str(p))
-            array = np.asanyarray(nifti.dataobj)
-            affine = np.asarray(nifti.affine, dtype=float)
-            header = nifti.header.copy()
+            array, affine, header = _read_nifti(p, what)
         else:
-            array, affine = _read_sitk(p)
+            array, affine = _read_sitk(p, what)
+            _check_geometry(p, what, affine)
     except InputError:
         raise
-    except (OSError, RuntimeError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as err:
+    except (
+        OSError,
+        RuntimeError,
+        ValueError,
+        OverflowError,
+        MemoryError,
+        EOFError,
+        nib.filebasedimages.ImageFileError,
+        nib.spatialimages.HeaderDataError,
+        zlib.error,
+    ) as err:
         raise InputError(f"{p}: cannot read {what} ({reason(err)})") from None
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]

@@ -1,11 +1,13 @@
 """Writing outputs atomically: images and fields on a reference grid, all or none.
 
-Every output is written to a temporary file beside its target and renamed at the end;
-:class:`OutputSet` commits several outputs together or none.
+Every output is written to a temporary file beside its target and moved into place at the end;
+:class:`OutputSet` commits several outputs together or none, never over an input of the run,
+and (without ``overwrite``) never over a file that appeared while it ran.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Iterable
@@ -22,27 +24,39 @@ from eoir.io.gzip_stream import GzipStream
 from eoir.io.images import NIFTI_SUFFIXES, _suffix, as_sitk_image
 from eoir.spatial import field_to_world, lps_affine
 
-__all__ = ["WRITABLE_SUFFIXES", "OutputSet", "write_field", "write_image"]
+__all__ = [
+    "WRITABLE_SUFFIXES",
+    "OutputSet",
+    "remove_stale_temps",
+    "write_field",
+    "write_image",
+]
 
 
 WRITABLE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd")
 
 
 class OutputSet:
-    """Write several outputs so that either all appear or none does.
+    """Write several outputs so that either all appear or none does, and never over an input.
 
-    Checks every target first (format, existing file without ``overwrite``, writable folder);
-    :meth:`temp` gives the temporary path to write each one to; leaving the ``with`` block
-    normally renames them all into place, an exception removes them.
+    Checks every target first (format, an input of the same run, an existing file without
+    ``overwrite``, writable folder) and removes stale temporary files of this target left by a
+    killed eoir process; :meth:`temp` gives the temporary path to write each one to; leaving the
+    ``with`` block normally moves them all into place, an exception (Ctrl-C, a full disk)
+    removes them. Without ``overwrite`` a file that appeared at a target while eoir ran is left
+    as it is and the set fails (the move is a link, which refuses to replace).
 
     Parameters
     ----------
     targets : iterable of path
         Final output paths (None entries are ignored).
     overwrite : bool
-        Replace existing files.
+        Replace existing files (never an input).
     suffixes : tuple of str
         Allowed file name endings.
+    inputs : iterable of path
+        The run's input files (None entries are ignored): a target that is one of them is
+        refused, with or without ``overwrite``.
     """
 
     def __init__(
@@ -50,15 +64,20 @@ class OutputSet:
         targets: Iterable[str | os.PathLike | None],
         overwrite: bool = False,
         suffixes: tuple[str, ...] = WRITABLE_SUFFIXES,
+        inputs: Iterable[str | os.PathLike | None] = (),
     ) -> None:
         self.targets = [Path(t) for t in targets if t is not None]
+        self.overwrite = overwrite
         self._temps: dict[Path, Path] = {}
+        sources = [Path(i) for i in inputs if i is not None]
         seen: set[Path] = set()
         for target in self.targets:
             resolved = target.resolve()
             if resolved in seen:
                 raise InputError(f"{target}: named as two different outputs")
             seen.add(resolved)
+            if any(_same_file(target, source) for source in sources):
+                raise InputError(f"{target}: is an input of this run; give another output path")
             if _suffix(target) not in suffixes:
                 raise InputError(
                     f"{target}: unsupported output type; use one of {', '.join(suffixes)}"
@@ -67,7 +86,7 @@ class OutputSet:
                 raise InputError(f"{target}: is a folder, not an output file")
             if target.exists() and not overwrite:
                 raise InputError(f"{target}: exists", switches=("overwrite",))
-            folder = target.parent if str(target.parent) else Path(".")
+            folder = _folder(target)
             if not folder.is_dir():
                 raise InputError(f"{target}: folder {folder} does not exist")
             try:  # a real probe: os.access says yes to root even on a read-only mount
@@ -76,18 +95,23 @@ class OutputSet:
                 os.unlink(probe)
             except OSError:
                 raise InputError(f"{target}: folder {folder} is not writable") from None
+            remove_stale_temps(target)
 
     def temp(self, target: str | os.PathLike) -> Path:
-        """The temporary path (same folder, same file type) to write ``target`` to."""
+        """The temporary path (same folder, same file type) to write ``target`` to.
+
+        Named ``.<name>.<pid>.<random>.eoir-tmp<suffix>``, so that a later run can tell the
+        temporary files of a process that is gone (:func:`remove_stale_temps`).
+        """
         target = Path(target)
         if target not in self.targets:
             raise ValueError(f"{target} was not declared as an output of this set")
         if target not in self._temps:
             suffix = _suffix(target)
             fd, name = tempfile.mkstemp(
-                prefix=f".{target.name[: -len(suffix)]}.",
-                suffix=f".eoir-tmp{suffix}",
-                dir=target.parent if str(target.parent) else ".",
+                prefix=f"{_temp_prefix(target)}{os.getpid()}.",
+                suffix=f"{_TEMP_TAG}{suffix}",
+                dir=_folder(target),
             )
             os.close(fd)
             self._temps[target] = Path(name)
@@ -155,16 +179,90 @@ class OutputSet:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            for target, temp in self._temps.items():
-                os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual mode
-                os.replace(temp, target)
-        else:
+        try:
+            if exc_type is None:
+                self._commit()
+        finally:
             for temp in self._temps.values():
                 temp.unlink(missing_ok=True)
-        self._temps.clear()
+            self._temps.clear()
+
+    def _commit(self) -> None:
+        """Move every temporary file into place; without ``overwrite``, never over a file."""
+        umask = os.umask(0)
+        os.umask(umask)
+        placed: list[Path] = []
+        try:
+            for target, temp in self._temps.items():
+                os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual mode
+                if self.overwrite:
+                    os.replace(temp, target)
+                    continue
+                try:
+                    os.link(temp, target)  # fails if the target exists: no clobbering
+                except FileExistsError:
+                    raise InputError(
+                        f"{target}: appeared while eoir was running; left as it is "
+                        "(nothing was written)"
+                    ) from None
+                except OSError:  # no hard links here: an exclusive create, then the move
+                    os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+                    os.replace(temp, target)
+                placed.append(target)
+        except BaseException:
+            for target in placed:  # all or none: what this set placed goes again
+                target.unlink(missing_ok=True)
+            raise
+
+
+_TEMP_TAG = ".eoir-tmp"
+
+
+def _folder(target: Path) -> Path:
+    return target.parent if str(target.parent) else Path(".")
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name[: -len(_suffix(target))]}."
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process: not ours to judge
+    return True
+
+
+def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
+    """Remove temporary files of ``target`` left by eoir processes that no longer run.
+
+    Only files named as :meth:`OutputSet.temp` names them (``.<name>.<pid>.<random>.eoir-tmp``
+    plus the target's suffix) whose process id is not a running process are removed.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    target = Path(target)
+    prefix, suffix = _temp_prefix(target), f"{_TEMP_TAG}{_suffix(target)}"
+    removed = []
+    for path in _folder(target).glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        pid = path.name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _save_nifti(path: Path, data: np.ndarray, reference: Image, intent: str | None = None):

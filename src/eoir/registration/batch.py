@@ -149,7 +149,8 @@ def register_pairs(
     out.mkdir(parents=True, exist_ok=True)
     every = [t for job in mine for t in _targets(job, out).values() if t is not None]
     # refuses existing files (without overwrite) before any work
-    OutputSet(every, overwrite)
+    sources = [f for job in jobs for f in (job.fixed, job.moving, job.moving_labels)]
+    OutputSet(every, overwrite, inputs=sources)
     if rank == 0:
         OutputSet([out / "summary.csv"], overwrite, suffixes=(".csv",))
     net = load_model(model, dev) if model is not None else None

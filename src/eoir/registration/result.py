@@ -120,7 +120,12 @@ class RegistrationResult:
         overwrite : bool
             Replace existing files.
         """
-        with OutputSet([warped, field, warped_labels], overwrite=overwrite) as outputs:
+        inputs = [self.fixed.path, self.moving.path]
+        inputs.append(labels.path if isinstance(labels, Image) else labels)
+        if not isinstance(inputs[-1], str | os.PathLike):
+            inputs.pop()  # an array: no file to protect
+        targets = [warped, field, warped_labels]
+        with OutputSet(targets, overwrite=overwrite, inputs=inputs) as outputs:
             self.write(outputs, warped, field, field_format, labels, warped_labels)
 
     def write(
