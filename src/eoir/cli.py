@@ -30,7 +30,7 @@ from eoir.io import (
 )
 from eoir.metrics import determinant_stats
 from eoir.nn import EOIR, count_multiply_adds, count_parameters
-from eoir.options import PRECISIONS
+from eoir.options import PRECISIONS, positive
 from eoir.registration.pipeline import OPTIMIZE_TARGETS
 from eoir.registration.preprocess import PRESETS
 from eoir.registration.resample import warp_image
@@ -117,6 +117,7 @@ def _run_register_pairs(args: argparse.Namespace) -> int:
         raise InputError("--pairs takes the place of --fixed/--moving and their outputs")
     if args.out_dir is None:
         raise InputError("--pairs needs --out-dir")
+    positive("nproc", args.nproc)
     if args.nproc > 1:
         return _relaunch(args.nproc, args.argv)
     rows = register_pairs(
@@ -263,6 +264,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from eoir.training.config import load_config
     from eoir.training.train import train
 
+    positive("nproc", args.nproc)
     if args.nproc > 1:
         return _relaunch(args.nproc, args.argv)
     if args.recipe and args.config:
@@ -289,6 +291,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from eoir.training.evaluate import evaluate
 
+    positive("nproc", args.nproc)
     if args.nproc > 1:
         return _relaunch(args.nproc, args.argv)
     model = None if args.model == "none" else args.model
@@ -501,7 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
         "label to a second CSV; prints mean +- sd.",
     )
     ev.add_argument("--dataset", required=True, help="dataset.json or a folder of images")
-    ev.add_argument("--model", required=True, help="checkpoint, or 'none' for no registration")
+    ev.add_argument(
+        "--model",
+        default="brain-mri",
+        help="a checkpoint, the name of a shipped model, or none for no registration "
+        "(default: the shipped brain-mri model)",
+    )
     ev.add_argument("--split", choices=list(SPLITS), default="val")
     ev.add_argument("--out", required=True, help="results CSV (one row per pair)")
     ev.add_argument("--labels-out", help="Dice per label CSV (default: OUT_labels.csv)")

@@ -11,7 +11,7 @@ import torch
 import eoir
 from eoir.image import Image
 from eoir.io import write_image
-from eoir.nn.checkpoint import load_model, save_model, weights_sha256
+from eoir.nn.checkpoint import load_model, model_sha256, resave, save_model, weights_sha256
 from eoir.nn.complexity import count_parameters
 from eoir.pretrained import PRETRAINED, file_sha256, pretrained_path
 from helpers import eoir_cli as _run
@@ -52,27 +52,73 @@ def test_altered_shipped_model_is_refused(monkeypatch):
         pretrained_path("brain-ct")
 
 
-def test_checkpoint_with_edited_weights_or_wrong_config_is_refused(tmp_path):
+def test_checkpoint_with_edited_weights_or_settings_is_refused(tmp_path):
     path = tmp_path / "m.pt"
-    save_model(path, eoir.EOIR(width=4, levels=3))
+    save_model(path, eoir.EOIR(width=4, levels=3), run_config={"data": {"downsample": 2}})
     state = torch.load(path, weights_only=True)
     assert state["weights_sha256"] == weights_sha256(state["model"])
+    assert state["model_sha256"] == model_sha256(state)
+    assert load_model(path).trained_downsample == 2
 
-    edited = dict(state, model={k: v.clone() for k, v in state["model"].items()})
-    next(iter(edited["model"].values())).add_(1.0)
-    torch.save(edited, tmp_path / "edited.pt")
-    with pytest.raises(eoir.InputError, match=r"edited\.pt: weights checksum"):
-        load_model(tmp_path / "edited.pt")
+    def saved(name, **changes):
+        torch.save({**state, **changes}, tmp_path / name)
+        return tmp_path / name
 
-    wrong = dict(state, config=dict(state["config"], width=8))
-    torch.save(wrong, tmp_path / "wrong.pt")
-    with pytest.raises(eoir.InputError, match=r"wrong\.pt: checkpoint does not match its config"):
-        load_model(tmp_path / "wrong.pt")
+    weights = {k: v.clone() for k, v in state["model"].items()}
+    next(iter(weights.values())).add_(1.0)
+    edits = {
+        "weights.pt": {"model": weights},
+        "steps.pt": {"config": dict(state["config"], integration_steps=0)},
+        "composition.pt": {"config": dict(state["config"], composition="add")},
+        "downsample.pt": {"run_config": {"data": {"downsample": 1}}},
+        "spacing.pt": {"input_spacing_mm": 3.0},
+    }
+    for name, change in edits.items():
+        with pytest.raises(eoir.InputError, match=rf"{name}: .*sha256 .* is not the recorded"):
+            load_model(saved(name, **change))
+    # without its digest (deleted to hide an edit): refused
+    bare = {k: v for k, v in state.items() if k not in ("model_sha256", "weights_sha256")}
+    torch.save({**bare, "model": weights}, tmp_path / "bare.pt")
+    with pytest.raises(eoir.InputError, match=r"bare\.pt: the checkpoint carries no model digest"):
+        load_model(tmp_path / "bare.pt")
+    resave(tmp_path / "bare.pt")  # a file the user trusts: the digest added, then it loads
+    assert load_model(tmp_path / "bare.pt").config == state["config"]
 
-    unknown = dict(state, config=dict(state["config"], architecture="transmorph"))
-    torch.save(unknown, tmp_path / "unknown.pt")
-    with pytest.raises(eoir.InputError, match="architecture 'transmorph': choose one of"):
-        load_model(tmp_path / "unknown.pt")
+    def consistent(name, **changes):  # edited, with digests recomputed to match
+        edited = {**state, **changes}
+        edited["weights_sha256"] = weights_sha256(edited["model"])
+        edited["model_sha256"] = model_sha256(edited)
+        torch.save(edited, tmp_path / name)
+        return tmp_path / name
+
+    nan = {k: torch.full_like(v, float("nan")) for k, v in state["model"].items()}
+    invalid = {
+        "nan.pt": ({"model": nan}, "NaN or infinite"),
+        "zero.pt": ({"run_config": {"data": {"downsample": 0}}}, "downsample 0: must be 1"),
+        "negative.pt": ({"input_spacing_mm": -1.0}, "input_spacing_mm -1.0: must be a positive number"),
+        "wrong.pt": ({"config": dict(state["config"], width=8)}, "does not match its config"),
+        "unknown.pt": (
+            {"config": dict(state["config"], architecture="transmorph")},
+            "architecture 'transmorph': choose one of",
+        ),
+    }
+    for name, (change, words) in invalid.items():
+        with pytest.raises(eoir.InputError, match=words):
+            load_model(consistent(name, **change))
+
+
+def test_a_registration_that_gives_a_non_finite_field_writes_nothing(tmp_path, monkeypatch):
+    import eoir.registration.pipeline as pipeline
+
+    image = smooth_image((24, 24, 24))[0, 0].numpy()
+    write_image(tmp_path / "i.nii.gz", image, Image(image, np.eye(4)))
+    monkeypatch.setattr(
+        pipeline, "refine", lambda work, *a: torch.full((1, 3, *work.shape), np.nan)
+    )
+    result = _run("register", "--fixed", tmp_path / "i.nii.gz", "--moving", tmp_path / "i.nii.gz",
+                  "--field", tmp_path / "f.nii.gz", "--model", "none")  # fmt: skip
+    assert result.returncode == 2 and "NaN or infinite displacements" in result.stderr
+    assert not (tmp_path / "f.nii.gz").exists()
 
 
 def test_register_command_uses_the_shipped_model_for_mri_by_default(tmp_path):

@@ -10,7 +10,14 @@
 
 from eoir.io.datasets import SPLITS, DatasetSpec, Split, Subject, load_dataset
 from eoir.io.fields import FIELD_FORMATS, FieldFormat, check_field_target, read_field
-from eoir.io.images import NIFTI_SUFFIXES, ImageLike, as_image, as_sitk_image, read_image
+from eoir.io.images import (
+    NIFTI_SUFFIXES,
+    ImageLike,
+    as_image,
+    as_sitk_image,
+    check_labels,
+    read_image,
+)
 from eoir.io.landmarks import read_landmarks
 from eoir.io.outputs import WRITABLE_SUFFIXES, OutputSet, write_field, write_image
 
@@ -28,6 +35,7 @@ __all__ = [
     "as_image",
     "as_sitk_image",
     "check_field_target",
+    "check_labels",
     "load_dataset",
     "read_field",
     "read_image",

@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from eoir.errors import InputError, reason
-from eoir.io.images import NIFTI_SUFFIXES, read_image
+from eoir.io.images import NIFTI_SUFFIXES, check_labels, read_image
 from eoir.options import look_up_option
 
 __all__ = ["SPLITS", "DatasetSpec", "Split", "Subject", "load_dataset"]
@@ -134,8 +134,8 @@ def _check(spec: DatasetSpec) -> DatasetSpec:
                     f"{path}: shape {this} differs from the dataset's {shape} "
                     "(resample the images to one grid first)"
                 )
-    if not spec.training:
-        raise InputError(f"{spec.source}: no training images")
+    if not subjects:
+        raise InputError(f"{spec.source}: lists no images (no training entries and no pairs)")
     spec.shape = shape or ()
     return spec
 
@@ -144,7 +144,9 @@ def _scan_labels(spec: DatasetSpec) -> list[int]:
     values: set[int] = {0}
     for subject in spec.training:
         if subject.label is not None:
-            values |= {int(v) for v in np.unique(read_image(subject.label, "label map").array)}
+            label_map = read_image(subject.label, "label map")
+            check_labels(label_map, "label map")
+            values |= {int(v) for v in np.unique(label_map.array)}
     return sorted(values)
 
 
@@ -167,7 +169,8 @@ def load_dataset(path: str | Path) -> DatasetSpec:
     Raises
     ------
     InputError
-        Invalid JSON, missing files, images of different shapes, no training images.
+        Invalid JSON, missing files, images of different shapes, no images at all. (A
+        dataset of evaluation pairs alone is valid: training refuses it, evaluation does not.)
     """
     p = Path(path)
     if p.is_dir() and (p / "dataset.json").is_file():

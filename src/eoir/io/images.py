@@ -35,6 +35,7 @@ __all__ = [
     "as_image",
     "as_sitk_image",
     "available_memory",
+    "check_labels",
     "read_image",
 ]
 
@@ -308,6 +309,32 @@ def read_image(path: str | os.PathLike, what: str = "image") -> Image:
     if not array.dtype.isnative:  # e.g. big-endian NIfTI: torch takes native byte order only
         array = array.astype(array.dtype.newbyteorder("="))
     return Image(array=array, affine=affine, path=str(p), header=header)
+
+
+def check_labels(image: Image, what: str = "label map") -> None:
+    """Raise :class:`InputError` naming the file unless every voxel is an integer label.
+
+    A float label map is accepted when its values are whole numbers (many tools store labels
+    as float32); NaN, infinite or fractional values are refused (a warped or resampled
+    intensity image given as labels, say).
+    """
+    array = image.array
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        return
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"{image.path or what}: {what} has voxel type {array.dtype}")
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise InputError(
+            f"{image.path or what}: {what} has {int((~finite).sum())} NaN or infinite voxels"
+        )
+    fractional = array != np.round(array)
+    if fractional.any():
+        examples = ", ".join(f"{v:g}" for v in np.unique(array[fractional])[:3])
+        raise InputError(
+            f"{image.path or what}: {what} holds non-integer values ({examples}, ...): "
+            "a label map holds integer labels"
+        )
 
 
 def as_sitk_image(array: np.ndarray, reference: Image, vector: bool = False) -> sitk.Image:

@@ -3,8 +3,13 @@
 A checkpoint is a dict saved with ``torch.save``: ``{"format": "eoir-checkpoint",
 "eoir_version": str, "config": EOIR.config, "model": state_dict, ...}`` (training adds optimizer,
 scheduler, step and RNG states). No grids or buffers are stored. ``config["architecture"]``
-names the network (``"eoir"`` when absent, ``"voxelmorph"`` for the baseline);
-``"weights_sha256"`` is a digest of the weights, checked on loading.
+names the network (``"eoir"`` when absent, ``"voxelmorph"`` for the baseline).
+``"model_sha256"`` (:func:`model_sha256`) is a digest of everything that changes what the model
+computes (weights, model config, training resolution and preset, input spacing) and
+``"weights_sha256"`` one of the weights alone; both are checked on loading, and a checkpoint
+without ``model_sha256`` is refused unless it is a shipped model (whose file checksum is
+recorded in :mod:`eoir.pretrained`). The values registration reads are checked too, and
+weights must be finite.
 
 Wherever a checkpoint path is taken, the name of a shipped model (:mod:`eoir.pretrained`, e.g.
 ``"brain-mri"``) may be given instead. A loaded model carries two attributes from its
@@ -16,7 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
+import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +43,9 @@ __all__ = [
     "build_model",
     "load_checkpoint",
     "load_model",
+    "model_sha256",
     "read_checkpoint",
+    "resave",
     "save_model",
     "weights_sha256",
 ]
@@ -83,6 +93,7 @@ def save_model(path: str | os.PathLike, model: nn.Module, **extra: Any) -> None:
         "weights_sha256": weights_sha256(weights),
         **extra,
     }
+    state["model_sha256"] = model_sha256(state)
     temp = path.with_name(f".{path.name}.eoir-tmp")
     try:
         torch.save(state, temp)
@@ -147,28 +158,89 @@ def weights_sha256(weights: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _build(state: dict[str, Any], path: Path) -> nn.Module:
-    recorded = state.get("weights_sha256")
-    if recorded is not None:
-        try:
-            actual = weights_sha256(state["model"])
-        except (KeyError, TypeError, AttributeError, RuntimeError) as err:
-            raise InputError(f"{path}: checkpoint weights are unreadable ({reason(err)})") from None
-        if actual != recorded:
+def model_sha256(state: dict[str, Any]) -> str:
+    """SHA-256 over everything in a checkpoint that changes what the model computes (hex).
+
+    The weights (:func:`weights_sha256`), the model config, and what registration takes from
+    the run: its resolution divisor and intensity preset (``run_config["data"]``) and the
+    input voxel spacing (``input_spacing_mm``).
+    """
+    run = (state.get("run_config") or {}).get("data", {})
+    described = {
+        "weights": weights_sha256(state["model"]),
+        "config": state["config"],
+        "downsample": run.get("downsample"),
+        "preset": run.get("preset"),
+        "input_spacing_mm": state.get("input_spacing_mm"),
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _check_digest(state: dict[str, Any], path: Path, shipped: bool) -> None:
+    try:
+        recorded = state.get("model_sha256")
+        if recorded is None and not shipped:
             raise InputError(
-                f"{path}: weights checksum {actual[:12]}... is not the recorded "
-                f"{str(recorded)[:12]}... (the file is corrupt or its weights were edited)"
+                f"{path}: the checkpoint carries no model digest (edited, or written by an "
+                "older eoir): if you trust it, eoir.nn.checkpoint.resave(path) adds one"
             )
+        checks = [("weights_sha256", weights_sha256), ("model_sha256", model_sha256)]
+        for key, digest in checks:
+            if state.get(key) is None:
+                continue
+            actual = digest(state["model"] if key == "weights_sha256" else state)
+            if actual != state[key]:
+                what = "weights" if key == "weights_sha256" else "weights or settings"
+                raise InputError(
+                    f"{path}: {key} {actual[:12]}... is not the recorded "
+                    f"{str(state[key])[:12]}... (the file is corrupt or its {what} were edited)"
+                )
+    except InputError:
+        raise
+    except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as err:
+        raise InputError(f"{path}: checkpoint weights are unreadable ({reason(err)})") from None
+
+
+def _build(state: dict[str, Any], path: Path, shipped: bool = False) -> nn.Module:
+    _check_digest(state, path, shipped)
     try:
         model = build_model(state["config"])
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise InputError(f"{path}: checkpoint does not match its config ({reason(err)})") from None
-    run = state.get("run_config") or {}
-    model.trained_downsample = int(run.get("data", {}).get("downsample", 1))
+    if not all(torch.isfinite(w).all() for w in model.state_dict().values()):
+        raise InputError(f"{path}: checkpoint weights hold NaN or infinite values")
+    run = (state.get("run_config") or {}).get("data", {})
+    downsample = run.get("downsample", 1)
+    if isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 1:
+        raise InputError(f"{path}: run_config data.downsample {downsample!r}: must be 1 or more")
+    model.trained_downsample = downsample
     spacing = state.get("input_spacing_mm")
+    if spacing is not None and not (
+        isinstance(spacing, int | float) and math.isfinite(spacing) and spacing > 0
+    ):
+        raise InputError(f"{path}: input_spacing_mm {spacing!r}: must be a positive number")
     model.expected_spacing = None if spacing is None else float(spacing)
     return model
+
+
+def resave(path: str | os.PathLike) -> None:
+    """Add the model digest to a checkpoint you trust (one written by an older eoir).
+
+    The weights digest, where the file has one, is checked first; the file is rewritten
+    atomically with its entries unchanged and ``model_sha256`` added.
+    """
+    path = Path(path)
+    state = _load(path)
+    if state.get("weights_sha256") is not None:
+        _check_digest({k: v for k, v in state.items() if k != "model_sha256"}, path, True)
+    state["model_sha256"] = model_sha256(state)
+    temp = path.with_name(f".{path.name}.eoir-tmp")
+    try:
+        torch.save(state, temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -193,16 +265,25 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return _read(Path(path))[0]
 
 
-def _read(path: Path) -> tuple[dict[str, Any], nn.Module]:
-    """Read, check and build a checkpoint (building is the check that weights fit)."""
-    if str(path) in PRETRAINED and not path.exists():
-        path = pretrained_path(str(path))
+def _load(path: Path) -> dict[str, Any]:
+    """The entries of an eoir checkpoint file, read without running any pickled code."""
     if not path.is_file():
         raise InputError(f"{path}: model checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own warnings on odd files: one line below
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt file
         raise InputError(f"{path}: not a readable checkpoint ({reason(err)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"{path}: not an eoir checkpoint (no eoir format tag)")
-    return state, _build(state, path)
+    return state
+
+
+def _read(path: Path) -> tuple[dict[str, Any], nn.Module]:
+    """Read, check and build a checkpoint (building is the check that weights fit)."""
+    shipped = str(path) in PRETRAINED and not path.exists()
+    if shipped:  # its file's SHA-256 is checked against the one recorded in eoir.pretrained
+        path = pretrained_path(str(path))
+    state = _load(path)
+    return state, _build(state, path, shipped)

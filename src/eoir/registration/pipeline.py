@@ -7,7 +7,8 @@ with plain data between them:
    registered as the identity before it, :func:`constant_images`);
 2. :func:`align`: the affine pre-alignment, a fixed-world -> moving-world matrix (or None);
 3. :func:`sample_pair`: both images on the fixed grid at the working resolution, the moving one
-   through the alignment (a :class:`WorkPair`);
+   through the alignment (a :class:`WorkPair`), once :func:`check_overlap` has seen that the
+   two overlap in world space;
 4. :func:`predict`: the network's field on the working grid (or None);
 5. :func:`refine`: instance optimisation of that field (or fine-tuning a copy of the network);
 6. :func:`finish`: the field on the whole fixed grid with the alignment folded in, as a
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from eoir.errors import OptionError
+from eoir.errors import InputError, OptionError
 from eoir.image import Image
 from eoir.io import ImageLike, as_image
 from eoir.nn import load_model
@@ -51,6 +52,7 @@ __all__ = [
     "Settings",
     "WorkPair",
     "align",
+    "check_overlap",
     "configure",
     "constant_images",
     "finish",
@@ -185,6 +187,22 @@ def configure(
     return net, replace(options, device=dev, downsample=downsample, optimize_steps=steps)
 
 
+def _check_downsample(downsample: int, shape: tuple[int, ...]) -> None:
+    """Refuse a factor that leaves fewer than 8 voxels along an axis that has 8 or more."""
+
+    def enough(d: int) -> bool:
+        return all(-(-n // d) >= 8 for n in shape if n >= 8)
+
+    if downsample > 1 and not enough(downsample):
+        largest = max(d for d in range(1, max(shape) + 1) if enough(d))
+        raise OptionError(
+            "downsample",
+            downsample,
+            f"leaves fewer than 8 voxels along an axis of the {'x'.join(map(str, shape))} "
+            f"fixed image (at most {largest})",
+        )
+
+
 def constant_images(fixed: Image, moving: Image) -> list[str]:
     """Which of the two images (``"fixed"``, ``"moving"``) are constant: nothing to register."""
     pair = (("fixed", fixed), ("moving", moving))
@@ -213,6 +231,35 @@ def align(pair: Pair, settings: Settings) -> np.ndarray | None:
     if not settings.affine:
         return None
     return affine_align(pair.fixed, pair.moving, pair.fixed_values, pair.moving_values)
+
+
+def check_overlap(pair: Pair, world: np.ndarray | None, settings: Settings) -> None:
+    """Refuse a pair whose grids do not overlap in world space (after the alignment).
+
+    The moving grid's corners are mapped into fixed voxels (through ``world``); if their
+    bounding box misses the fixed grid, registering would sample nothing but zeros.
+    """
+    moving, fixed = pair.moving, pair.fixed
+    corners = np.array(np.meshgrid(*[(-0.5, n - 0.5) for n in moving.shape], indexing="ij"))
+    points = np.vstack([corners.reshape(3, -1), np.ones((1, 8))])
+    to_fixed = np.linalg.inv(fixed.affine) @ (
+        np.linalg.inv(world) if world is not None else np.eye(4)
+    )
+    inside = (to_fixed @ moving.affine @ points)[:3]
+    low, high = inside.min(axis=1), inside.max(axis=1)
+    if (high < -0.5).any() or (low > np.array(fixed.shape) - 0.5).any():
+        gap = float(np.linalg.norm(_centre(fixed) - _centre(moving)))
+        message = (
+            f"{moving.path or 'moving image'} and {fixed.path or 'fixed image'} do not overlap "
+            f"in world space (their centres are {gap:.0f} mm apart): check their headers"
+        )
+        if settings.affine:
+            raise InputError(message + ", or align them first with another tool")
+        raise InputError(message + ", or align them first", switches=("affine",))
+
+
+def _centre(image: Image) -> np.ndarray:
+    return (image.affine @ np.append((np.array(image.shape) - 1) / 2, 1.0))[:3]
 
 
 def sample_pair(pair: Pair, world: np.ndarray | None, settings: Settings) -> WorkPair:
@@ -282,11 +329,22 @@ def finish(
     seconds: float,
     info: dict[str, Any],
 ) -> RegistrationResult:
-    """The field on the whole fixed grid with the alignment folded in, as the result."""
+    """The field on the whole fixed grid with the alignment folded in, as the result.
+
+    Raises
+    ------
+    InputError
+        The field holds NaN or infinite values (a broken model, say): never a written file.
+    """
     if disp is None:
         disp = work.fixed.new_zeros(1, 3, *work.shape)
     disp = resize_field(disp.detach().float().cpu(), pair.fixed.shape)
     total = total_field(pair.fixed, disp, world)
+    if not torch.isfinite(total).all():
+        raise InputError(
+            f"the registration of {pair.moving.path} to {pair.fixed.path} gave NaN or infinite "
+            f"displacements (model {info.get('model')}): nothing was written"
+        )
     return RegistrationResult(pair.fixed, pair.moving, total, world, seconds, info)
 
 
@@ -371,6 +429,7 @@ def register(
         optimize_options=dict(optimize_options or {}),
     )
     net, settings = configure(model, options)
+    _check_downsample(settings.downsample, fixed_image.shape)
     info: dict[str, Any] = {
         "preset": settings.preset,
         "affine": settings.affine,
@@ -405,6 +464,7 @@ def register(
         return RegistrationResult(fixed_image, moving_image, disp, None, 0.0, info)
     pair = prepare(fixed_image, moving_image, settings)
     world = align(pair, settings)
+    check_overlap(pair, world, settings)
     work = sample_pair(pair, world, settings)
     disp = predict(work, net, settings)
     disp = refine(work, disp, net, settings)

@@ -17,7 +17,7 @@ import torch
 
 from eoir.errors import InputError
 from eoir.image import Image
-from eoir.io import FieldFormat, ImageLike, OutputSet, as_image
+from eoir.io import FieldFormat, ImageLike, OutputSet, as_image, check_labels
 from eoir.metrics import jacobian_stats, mean_dice
 from eoir.registration.resample import warp_image
 
@@ -60,6 +60,7 @@ class RegistrationResult:
         ``labels`` must lie on the moving image's grid.
         """
         image = as_image(labels, self.moving.affine, "moving labels")
+        check_labels(image, "moving labels")
         if not image.same_grid(self.moving):
             raise InputError(
                 f"{image.path or 'moving labels'}: label map grid {image.shape} does not match "
@@ -168,6 +169,7 @@ def dice_before_after(
     "Before" maps the moving labels into the fixed grid by geometry alone (no registration).
     """
     fixed_lab = as_image(fixed_labels, result.fixed.affine, "fixed labels")
+    check_labels(fixed_lab, "fixed labels")
     if not fixed_lab.same_grid(result.fixed):
         raise InputError(
             f"{fixed_lab.path or 'fixed labels'}: label map grid {fixed_lab.shape} does not match "

@@ -9,6 +9,7 @@ Overrides are ``section.key=value`` strings with YAML values (``optim.lr=2e-4``,
 from __future__ import annotations
 
 import copy
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,15 @@ from eoir.options import look_up_option
 from eoir.registration.preprocess import PRESETS
 from eoir.training.data import PAIRINGS
 
-__all__ = ["CHOICES", "DEFAULTS", "SCHEDULES", "load_config", "recipe_names", "save_config"]
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "RANGES",
+    "SCHEDULES",
+    "load_config",
+    "recipe_names",
+    "save_config",
+]
 
 SCHEDULES: dict[str, str] = {
     "constant": "the same learning rate throughout",
@@ -109,6 +118,52 @@ CHOICES: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+# numeric keys and the least value each may take: (minimum, whether the minimum itself is allowed)
+RANGES: dict[tuple[str, str], tuple[float, bool]] = {
+    ("model", "ndim"): (2, True),
+    ("model", "width"): (1, True),
+    ("model", "levels"): (1, True),
+    ("model", "ks"): (0, True),
+    ("model", "integration_steps"): (0, True),
+    ("model", "lk_size"): (1, True),
+    ("model", "finest_level"): (0, True),
+    ("model", "factors"): (1, True),
+    ("data", "downsample"): (1, True),
+    ("data", "atlas"): (0, True),
+    ("data", "workers"): (0, True),
+    ("loss", "windows"): (1, True),
+    ("loss", "sim_weight"): (0, True),
+    ("loss", "reg_weight"): (0, True),
+    ("loss", "dice_weight"): (0, True),
+    ("optim", "lr"): (0, False),
+    ("optim", "poly_power"): (0, False),
+    ("optim", "weight_decay"): (0, True),
+    ("optim", "epochs"): (1, True),
+    ("optim", "max_steps"): (0, True),
+    ("train", "val_every"): (0, True),
+    ("train", "val_pairs"): (0, True),
+    ("train", "save_every"): (1, True),
+    ("train", "log_every"): (1, True),
+}
+
+
+def _check_range(value: Any, section: str, key: str, where: str) -> Any:
+    """``value`` if every number in it is finite and at least the key's minimum."""
+    if (section, key) not in RANGES:
+        return value
+    least, inclusive = RANGES[section, key]
+    for number in value if isinstance(value, list) else [value]:
+        finite = math.isfinite(float(number))
+        if not finite or number < least or (number == least and not inclusive):
+            bound = f">= {least:g}" if inclusive else f"> {least:g}"
+            raise InputError(f"{where}: {section}.{key} = {value!r}: must be {bound}")
+    if (section, key) == ("model", "ndim") and value not in (2, 3):
+        raise InputError(f"{where}: model.ndim = {value!r}: must be 2 or 3")
+    if (section, key) == ("loss", "windows") and any(int(w) % 2 == 0 for w in value):
+        raise InputError(f"{where}: loss.windows = {value!r}: NCC windows must be odd")
+    return value
+
+
 def _coerce(value: Any, section: str, key: str, where: str) -> Any:
     """``value`` in the type of the key's default (YAML reads ``2e-4`` as a string)."""
     default = DEFAULTS[section][key]
@@ -146,7 +201,9 @@ def _merge(config: dict[str, dict[str, Any]], update: dict[str, Any], where: str
         for key, value in values.items():
             if key not in DEFAULTS[section]:
                 raise InputError(f"{where}: unknown key {section}.{key}")
-            config[section][key] = _coerce(value, section, key, where)
+            config[section][key] = _check_range(
+                _coerce(value, section, key, where), section, key, where
+            )
 
 
 def load_config(

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from eoir.errors import InputError
-from eoir.io import Subject, read_image
+from eoir.io import Subject, check_labels, read_image
 from eoir.options import look_up_option
-from eoir.registration.preprocess import normalise
+from eoir.registration.preprocess import check_finite, normalise
 
 __all__ = ["PAIRINGS", "PairDataset", "Pairing", "StepPairs", "epoch_pairs"]
 
@@ -150,11 +150,14 @@ class PairDataset(torch.utils.data.Dataset):
             return self._cache[index]
         subject = self.subjects[index]
         image = read_image(subject.image, "training image")
+        check_finite(image, "training image")
         values = torch.from_numpy(normalise(image.array, self.preset))[None]
         volume = self._resize(values, "trilinear")
         labels = None
         if subject.label is not None:
-            lab = read_image(subject.label, "label map").array.astype(np.int64)
+            label_map = read_image(subject.label, "label map")
+            check_labels(label_map, "label map")
+            lab = label_map.array.astype(np.int64)
             labels = self._resize(torch.from_numpy(lab)[None].double(), "nearest").long()
         if self.cache:
             self._cache[index] = (volume, labels)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from eoir.errors import InputError
 from eoir.image import Image
-from eoir.io import OutputSet, Split, Subject, load_dataset, read_image
+from eoir.io import OutputSet, Split, Subject, check_labels, load_dataset, read_image
 from eoir.metrics import dice_per_label, evaluation_labels, mean_hd95
 from eoir.nn import load_checkpoint
 from eoir.registration import register
@@ -153,12 +153,15 @@ def evaluate(
 
     def read(pair: tuple[Subject, Subject]) -> list[Image]:
         fixed, moving = pair
-        return [
+        images = [
             read_image(fixed.image, "fixed image"),
             read_image(moving.image, "moving image"),
             read_image(fixed.label, "fixed labels"),
             read_image(moving.label, "moving labels"),
         ]
+        check_labels(images[2], "fixed labels")
+        check_labels(images[3], "moving labels")
+        return images
 
     def score(pair: tuple[Subject, Subject], result, fixed_labels: Image, moving_labels: Image):
         fixed, moving = pair

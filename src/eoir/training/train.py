@@ -33,6 +33,7 @@ from eoir.io import load_dataset
 from eoir.losses import multilevel_loss, ncc_loss, one_hot
 from eoir.metrics import mean_dice
 from eoir.nn.checkpoint import build_model, read_checkpoint, save_model
+from eoir.options import positive
 from eoir.runtime import distributed, finish_distributed, rank_device, resolve_device
 from eoir.spatial import warp
 from eoir.training.config import save_config
@@ -196,22 +197,34 @@ def training_step(
 
 
 def validation_score(model: torch.nn.Module, data: PairDataset, device: torch.device) -> float:
-    """Mean validation score: Dice (Learn2Reg labels) when label maps exist, else NCC."""
+    """Mean validation score: Dice (Learn2Reg labels) when label maps exist, else NCC.
+
+    The model's weights are left exactly as they were: the eval passes keep the training
+    memory layout (EOIR's inference path would otherwise make its CPU weights channels-last,
+    and the following training steps would round differently from a resumed run's).
+    """
     scores = []
+    layout = getattr(model, "channels_last", None)
+    if hasattr(model, "channels_last"):
+        model.channels_last = False
     model.eval()
-    with torch.no_grad():
-        for index in range(len(data)):
-            item = data[index]
-            fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
-            disp = model(moving, fixed)
-            if "moving_labels" in item:
-                warped = warp(
-                    item["moving_labels"][None].double(), disp.double().cpu(), mode="nearest"
-                )
-                scores.append(mean_dice(item["fixed_labels"], warped, item["moving_labels"]))
-            else:
-                scores.append(1.0 - float(ncc_loss(warp(moving, disp), fixed)))
-    model.train()
+    try:
+        with torch.no_grad():
+            for index in range(len(data)):
+                item = data[index]
+                fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
+                disp = model(moving, fixed)
+                if "moving_labels" in item:
+                    warped = warp(
+                        item["moving_labels"][None].double(), disp.double().cpu(), mode="nearest"
+                    )
+                    scores.append(mean_dice(item["fixed_labels"], warped, item["moving_labels"]))
+                else:
+                    scores.append(1.0 - float(ncc_loss(warp(moving, disp), fixed)))
+    finally:
+        model.train()
+        if hasattr(model, "channels_last"):
+            model.channels_last = layout
     return float(np.nanmean(scores)) if scores else float("nan")
 
 
@@ -256,6 +269,7 @@ def train(
         ``seconds``.
     """
     out = Path(out)
+    positive("max_steps", max_steps)
     rank, world = distributed(device)
     dev = rank_device(resolve_device(device), world)
     if dev.type == "cuda":
@@ -269,10 +283,20 @@ def train(
     if max_steps is not None:
         config["optim"]["max_steps"] = int(max_steps)
     spec = load_dataset(dataset)
-    mc, dc, lc, oc, tc = (config[k] for k in ("model", "data", "loss", "optim", "train"))
+    if not spec.training:
+        raise InputError(f"{spec.source}: no training images")
+    mc, dc, tc = (config[k] for k in ("model", "data", "train"))
     if bool(tc["checkpointing"]) and mc["architecture"] != "eoir":
         raise InputError(f"train.checkpointing: not available for {mc['architecture']} models")
-
+    torch.manual_seed(int(tc["seed"]))
+    np.random.seed(int(tc["seed"]))  # noqa: NPY002
+    random.seed(int(tc["seed"]))
+    model = build_model(mc, strict=False).to(dev)
+    _check_input_size(spec, int(dc["downsample"]), model)
+    pairs = StepPairs(
+        len(spec.training), dc["pairing"], int(tc["seed"]), rank, world, int(dc["atlas"])
+    )
+    started = state is not None or (out / "last.pt").exists()
     if rank == 0:
         if overwrite and not resume:
             for name in RUN_FILES:
@@ -283,17 +307,59 @@ def train(
                     target.unlink()
         out.mkdir(parents=True, exist_ok=True)
         save_config(out / "config.yaml", config)
-    torch.manual_seed(int(tc["seed"]))
-    np.random.seed(int(tc["seed"]))  # noqa: NPY002
-    random.seed(int(tc["seed"]))
+    try:
+        return _run(out, config, spec, model, pairs, state, dev, rank, world, echo)
+    except BaseException:
+        if rank == 0 and not started and not (out / "last.pt").exists():
+            _discard(out)  # a start that failed leaves nothing to refuse a retry with
+        raise
 
-    model = build_model(mc, strict=False).to(dev)
+
+def _discard(out: Path) -> None:
+    """Remove what a run that never reached its first checkpoint wrote into ``out``."""
+    for name in RUN_FILES:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
+
+
+def _check_input_size(spec, downsample: int, model: torch.nn.Module) -> None:
+    """Refuse images that the model's levels would shrink below 2 voxels along an axis."""
+    if not spec.shape:
+        return
+    work = [max(8, -(-n // downsample)) if downsample > 1 else n for n in spec.shape]
+    multiple = getattr(model, "size_multiple", None) or (1,) * len(work)
+    if len(multiple) != len(work):
+        raise InputError(
+            f"{spec.source}: images of {len(work)} axes for a {len(multiple)}-D model "
+            "(set model.ndim)"
+        )
+    if any(n < 2 * m for n, m in zip(work, multiple, strict=True)):
+        raise InputError(
+            f"{spec.source}: images of {'x'.join(map(str, spec.shape))} voxels, "
+            f"{'x'.join(map(str, work))} at data.downsample {downsample}, are too small for the "
+            f"model's levels (at least {'x'.join(str(2 * m) for m in multiple)}): use fewer "
+            "model.levels or a smaller data.downsample"
+        )
+
+
+def _worker_error(err: Exception) -> InputError | None:
+    """The :class:`InputError` a DataLoader worker raised, from torch's wrapped copy of it."""
+    if isinstance(err, InputError) and "DataLoader worker" in str(err):
+        for line in reversed(str(err).splitlines()):
+            if line.startswith("eoir.errors.InputError: "):
+                return InputError(line[len("eoir.errors.InputError: ") :])
+    return None
+
+
+def _run(out, config, spec, model, pairs, state, dev, rank, world, echo) -> dict[str, Any]:
+    """The training loop of :func:`train` once the run is checked and its folder written."""
+    dc, lc, oc, tc = (config[k] for k in ("data", "loss", "optim", "train"))
     model.activation_checkpointing = bool(tc["checkpointing"])
     optimizer = torch.optim.Adam(
         model.parameters(), lr=float(oc["lr"]), amsgrad=True, weight_decay=float(oc["weight_decay"])
-    )
-    pairs = StepPairs(
-        len(spec.training), dc["pairing"], int(tc["seed"]), rank, world, int(dc["atlas"])
     )
     total = int(oc["max_steps"]) or int(oc["epochs"]) * pairs.steps_per_epoch
     power = float(oc["poly_power"])
@@ -353,6 +419,12 @@ def train(
                     "fixed_labels": one_hot(batch["fixed_labels"].to(dev), spec.labels),
                 }
             loss, terms = training_step(net, optimizer, moving, fixed, lc, amp, **labels)
+            if not torch.isfinite(loss):
+                raise InputError(
+                    f"step {step_index + 1}: the loss is {float(loss)}: training stopped, "
+                    f"{out / 'last.pt'} and best.pt keep the last good state (check the images; "
+                    "a lower optim.lr)"
+                )
             scheduler.step()
             step = step_index + 1
             row: dict[str, Any] = {}
@@ -381,6 +453,8 @@ def train(
                 )
             if world > 1 and validate:
                 dist.barrier()
+    except InputError as err:
+        raise (_worker_error(err) or err) from None
     finally:
         log.close()
     finish_distributed()
