@@ -1,12 +1,16 @@
 """The ``eoir`` command line.
 
 Subcommands are added by the modules that implement them; this module only parses and dispatches.
-Exit codes: 0 success, 2 bad usage or bad input (one line on stderr naming the problem).
+Exit codes: 0 success; 1 some pairs of ``eoir register --pairs`` failed (their rows in
+``summary.csv`` say why; the others were written); 2 bad usage or bad input (one line on stderr
+naming the problem; nothing written); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): the
+outputs in progress are removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import signal
@@ -14,6 +18,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -119,17 +124,28 @@ def _run_register_pairs(args: argparse.Namespace) -> int:
         raise InputError("--pairs needs --out-dir")
     positive("nproc", args.nproc)
     if args.nproc > 1:
-        return _relaunch(args.nproc, args.argv)
+        code = _relaunch(args.nproc, args.argv)
+        if code == 0:  # the processes exit 0 when pairs failed: the summary says which
+            with open(Path(args.out_dir) / "summary.csv", newline="") as summary:
+                failed = sum(row["status"] == "failed" for row in csv.DictReader(summary))
+            code = 1 if failed else 0
+        return code
     rows = register_pairs(
         read_pairs(args.pairs, args.split),
         args.out_dir,
         field_format=args.field_format,
         overwrite=args.overwrite,
+        skip_existing=args.skip_existing,
         **_register_options(args),
     )
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"registered {len(rows)} pairs into {args.out_dir} (summary.csv)")
-    return 0
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    counts = {status: sum(r["status"] == status for r in rows) for status in ("failed", "skipped")}
+    line = f"registered {len(rows) - sum(counts.values())} pairs into {args.out_dir}"
+    line += "".join(f", {n} {status}" for status, n in counts.items() if n)
+    print(line + " (summary.csv)")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return 1 if counts["failed"] and not distributed else 0
 
 
 def _run_register(args: argparse.Namespace) -> int:
@@ -389,6 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--out-dir", help="with --pairs: folder for each pair's outputs")
     reg.add_argument("--split", choices=list(SPLITS), default="val", help="with --pairs JSON")
     reg.add_argument("--nproc", type=int, default=1, help="with --pairs: processes sharing them")
+    reg.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="with --pairs: skip the pairs whose outputs all exist (a rerun after failures)",
+    )
     reg.add_argument("--warped", help="output: the moving image warped onto the fixed grid")
     reg.add_argument("--field", help="output: the displacement field")
     reg.add_argument(

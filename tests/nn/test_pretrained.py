@@ -95,7 +95,10 @@ def test_checkpoint_with_edited_weights_or_settings_is_refused(tmp_path):
     invalid = {
         "nan.pt": ({"model": nan}, "NaN or infinite"),
         "zero.pt": ({"run_config": {"data": {"downsample": 0}}}, "downsample 0: must be 1"),
-        "negative.pt": ({"input_spacing_mm": -1.0}, "input_spacing_mm -1.0: must be a positive number"),
+        "negative.pt": (
+            {"input_spacing_mm": -1.0},
+            "input_spacing_mm -1.0: must be a positive number",
+        ),
         "wrong.pt": ({"config": dict(state["config"], width=8)}, "does not match its config"),
         "unknown.pt": (
             {"config": dict(state["config"], architecture="transmorph")},

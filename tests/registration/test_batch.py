@@ -44,7 +44,7 @@ def test_batch_fields_equal_single_calls(pairs, tmp_path):
     batch = run("register", "--pairs", pairs / "pairs.csv", "--out-dir", out)
     assert batch.returncode == 0 and "registered 3 pairs" in batch.stdout, batch.stderr
     summary = (out / "summary.csv").read_text().splitlines()
-    assert len(summary) == 4 and summary[0].startswith("fixed,moving,seconds")
+    assert len(summary) == 4 and summary[0].startswith("fixed,moving,status,error,seconds")
     for i in range(3):
         single = tmp_path / f"single{i}.nii.gz"
         one = run(
@@ -98,3 +98,35 @@ def test_read_pairs_from_a_dataset_json(tmp_path):
     jobs = read_pairs(dataset)
     assert jobs and all(job.moving_labels is not None for job in jobs)
     assert len({job.stem for job in jobs}) == len(jobs)
+
+
+def test_a_bad_pair_is_recorded_and_the_others_complete_and_a_rerun_skips_the_done(pairs, tmp_path):
+    import csv
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(pairs, data)
+    (data / "m1.nii.gz").write_bytes(b"\x1f\x8b" + b"not really gzip" * 40)  # corrupt
+    out = tmp_path / "out"
+    common = ["register", "--pairs", data / "pairs.csv", "--out-dir", out, "--model", "none",
+              "--optimize-steps", "2"]  # fmt: skip
+    result = run(*common)
+    assert result.returncode == 1, result.stderr
+    assert "2 pairs" in result.stdout and "1 failed" in result.stdout
+    with open(out / "summary.csv", newline="") as f:
+        rows = {Path(r["moving"]).name: r for r in csv.DictReader(f)}
+    assert [rows[f"m{i}.nii.gz"]["status"] for i in range(3)] == ["ok", "failed", "ok"]
+    assert "m1.nii.gz" in rows["m1.nii.gz"]["error"]
+    assert not list(out.glob("m1_to_f1*")) and len(list(out.glob("m[02]_to_*"))) == 6
+    # a plain rerun is refused (outputs exist); --skip-existing redoes only what is missing
+    result = run(*common)
+    assert result.returncode == 2 and "--overwrite or --skip-existing" in result.stderr
+    shutil.copy(pairs / "m1.nii.gz", data / "m1.nii.gz")  # the file mended
+    before = (out / "m0_to_f0_field.nii.gz").stat().st_mtime_ns
+    result = run(*common, "--skip-existing")
+    assert result.returncode == 0, result.stderr
+    assert "registered 1 pairs" in result.stdout and "2 skipped" in result.stdout
+    assert (out / "m0_to_f0_field.nii.gz").stat().st_mtime_ns == before
+    with open(out / "summary.csv", newline="") as f:
+        statuses = [r["status"] for r in csv.DictReader(f)]
+    assert statuses == ["skipped", "ok", "skipped"]

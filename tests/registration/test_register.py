@@ -428,3 +428,46 @@ def test_register_figure(pair, tmp_path):
         tmp_path / "fig.jpg",
     )
     assert bad.returncode == 2 and "must end in .png" in bad.stderr
+
+
+def test_labels_overlap_and_resolution_are_checked_before_anything_is_written(pair, tmp_path):
+    moving = eoir.read_image(pair["moving"])
+    labels = eoir.read_image(pair["ml"]).array.astype(np.float32)
+    fractional, with_nan = labels + 0.37, labels.copy()
+    with_nan[0, 0, 0] = np.nan
+    write_image(tmp_path / "fractional.nii.gz", fractional, moving)
+    write_image(tmp_path / "nan.nii.gz", with_nan, moving)
+    write_image(tmp_path / "whole.nii.gz", labels, moving)  # float32, whole numbers: fine
+    far = Image(moving.array, moving.affine.copy())
+    far.affine[0, 3] += 400.0
+    write_image(tmp_path / "far.nii.gz", far.array, far)
+    base = ["register", "--fixed", pair["fixed"], "--model", "none", "--optimize-steps", "2",
+            "--field", tmp_path / "d.nii.gz"]  # fmt: skip
+    cases = {
+        "fractional labels": (
+            ["--moving", pair["moving"], "--moving-labels", tmp_path / "fractional.nii.gz",
+             "--warped-labels", tmp_path / "w.nii.gz"],
+            "holds non-integer values (0.37",
+        ),
+        "NaN labels": (
+            ["--moving", pair["moving"], "--moving-labels", tmp_path / "nan.nii.gz",
+             "--warped-labels", tmp_path / "w.nii.gz"],
+            "1 NaN or infinite voxels",
+        ),
+        "no overlap": (
+            ["--moving", tmp_path / "far.nii.gz"],
+            "do not overlap in world space (their centres are 400 mm apart)",
+        ),
+        "downsample": (["--moving", pair["moving"], "--downsample", "1000"], "(at most 3)"),
+    }  # fmt: skip
+    for name, (args, words) in cases.items():
+        result = run(*base, *args)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, (name, result.stderr)
+        assert words in result.stderr, (name, result.stderr)
+        assert not (tmp_path / "d.nii.gz").exists() and not (tmp_path / "w.nii.gz").exists()
+    assert "pass --affine" in run(*base, "--moving", tmp_path / "far.nii.gz").stderr
+    result = run(*base, "--moving", pair["moving"], "--moving-labels", tmp_path / "whole.nii.gz",
+                 "--warped-labels", tmp_path / "w.nii.gz")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    result = run("register", "--pairs", tmp_path / "p.csv", "--out-dir", tmp_path, "--nproc", "0")
+    assert result.returncode == 2 and "--nproc 0: must be 1 or more" in result.stderr

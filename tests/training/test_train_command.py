@@ -94,8 +94,10 @@ def test_a_few_steps_lower_the_loss(dataset, tmp_path):
 
 
 def test_kill_and_resume_gives_the_same_weights(dataset, tmp_path):
-    steps = 40
-    overrides = [*TINY, "train.save_every=1", "train.val_every=15"]
+    """Killed (SIGKILL) after a validation and its checkpoint, resumed: bit for bit the weights,
+    optimizer state and best model of an uninterrupted run."""
+    steps = 30
+    overrides = [*TINY, "train.save_every=5", "train.val_every=5"]
     reference = tmp_path / "reference"
     train(
         dataset,
@@ -125,13 +127,13 @@ def test_kill_and_resume_gives_the_same_weights(dataset, tmp_path):
     )
     deadline = time.time() + 120
     while time.time() < deadline:
-        if (killed / "last.pt").exists() and read_checkpoint(killed / "last.pt")["step"] >= 5:
+        if (killed / "last.pt").exists() and read_checkpoint(killed / "last.pt")["step"] >= 10:
             break
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     interrupted_at = read_checkpoint(killed / "last.pt")["step"]  # never truncated
-    assert 5 <= interrupted_at < steps
+    assert 10 <= interrupted_at < steps
     result = run(*args[: -2 * len(overrides)], "--resume")  # the run keeps its own config
     assert result.returncode == 0, result.stderr
     a = read_checkpoint(reference / "last.pt")
@@ -139,6 +141,15 @@ def test_kill_and_resume_gives_the_same_weights(dataset, tmp_path):
     assert a["step"] == b["step"] == steps
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
+    for key, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(
+                torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][key][name])
+            )
+    best_a, best_b = read_checkpoint(reference / "best.pt"), read_checkpoint(killed / "best.pt")
+    assert best_a["step"] == best_b["step"]
+    for name, tensor in best_a["model"].items():
+        assert torch.equal(tensor, best_b["model"][name]), name
 
 
 def test_two_processes_with_gloo(dataset, tmp_path):
@@ -291,6 +302,34 @@ def test_bad_inputs(dataset, tmp_path):
             [*base, "--dataset", dataset, *vm_checkpointing],
             "train.checkpointing: not available for voxelmorph",
         ),
+        "negative lr": ([*base, "--dataset", dataset, "--set", "optim.lr=-1"], "must be > 0"),
+        "zero width": ([*base, "--dataset", dataset, "--set", "model.width=0"], "must be >= 1"),
+        "even window": (
+            [*base, "--dataset", dataset, "--set", "loss.windows=[9,4]"],
+            "NCC windows must be odd",
+        ),
+        "unknown choice": (
+            [*base, "--dataset", dataset, "--set", "loss.similarity=ssd"],
+            "loss.similarity 'ssd': choose one of ncc, mse, mind",
+        ),
+        "zero steps": (
+            [
+                "train",
+                "--out",
+                tmp_path / "new",
+                "--recipe",
+                "cpu-brain",
+                "--dataset",
+                dataset,
+                "--max-steps",
+                "0",
+            ],
+            "--max-steps 0: must be 1 or more",
+        ),
+        "too small": (
+            [*base, "--dataset", dataset, "--set", "model.levels=5", "--set", "data.downsample=1"],
+            "too small for the model's levels",
+        ),
     }
     for name, (args, message) in cases.items():
         result = run(*args)
@@ -321,3 +360,75 @@ def test_short_cpu_training_on_oasis_beats_the_untrained_model(tmp_path):
         f"{result['best']:.3f} after 40 steps"
     )
     assert result["best"] > untrained + 0.02
+
+
+def test_bad_training_data_stops_with_one_line_and_no_run_left(dataset, tmp_path):
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    nan = tmp_path / "nan"
+    shutil.copytree(dataset.parent, nan)
+    image = nan / "imagesTr" / "SYN_0002_0000.nii.gz"
+    array = np.asarray(nib.load(image).dataobj).astype(np.float32)
+    array[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(array, nib.load(image).affine), image)
+    for workers in ("0", "2"):  # read in this process, and in DataLoader workers
+        out = tmp_path / f"run{workers}"
+        args = ["train", "--dataset", nan / "dataset.json", "--out", out, "--recipe",
+                "cpu-brain", "--max-steps", "3", *[a for o in TINY for a in ("--set", o)],
+                "--set", f"data.workers={workers}"]  # fmt: skip
+        result = run(*args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and "1 NaN or infinite voxels" in result.stderr
+        assert "SYN_0002_0000.nii.gz" in result.stderr
+        assert not out.exists() or not list(out.iterdir())  # a retry is not refused
+    labels = tmp_path / "labels"
+    shutil.copytree(dataset.parent, labels)
+    label = labels / "labelsTr" / "SYN_0003_0000.nii.gz"
+    values = np.asarray(nib.load(label).dataobj).astype(np.float32) + 0.37
+    nib.save(nib.Nifti1Image(values, nib.load(label).affine), label)
+    result = run("train", "--dataset", labels / "dataset.json", "--out", tmp_path / "l",
+                 "--recipe", "cpu-brain", "--max-steps", "2",
+                 *[a for o in TINY for a in ("--set", o)])  # fmt: skip
+    assert result.returncode == 2 and "holds non-integer values (0.37" in result.stderr
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
+    dataset, tmp_path, monkeypatch
+):
+    import eoir.training.train as loop
+
+    config = load_config("cpu-brain", overrides=[*TINY, "train.save_every=2", "train.val_every=0"])
+    train(dataset, tmp_path / "run", config, max_steps=4, echo=lambda _: None)
+    good = read_checkpoint(tmp_path / "run" / "last.pt")
+    step = loop.training_step
+
+    def poisoned(net, *args, **kwargs):
+        loss, terms = step(net, *args, **kwargs)
+        return loss * float("nan"), terms
+
+    monkeypatch.setattr(loop, "training_step", poisoned)
+    with pytest.raises(InputError, match="step 5: the loss is nan: training stopped"):
+        train(dataset, tmp_path / "run", config, resume=True, max_steps=8, echo=lambda _: None)
+    kept = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert kept["step"] == 4
+    for name, tensor in good["model"].items():
+        assert torch.equal(tensor, kept["model"][name])
+
+
+def test_evaluate_defaults_to_the_shipped_model_and_takes_a_pair_only_dataset(dataset, tmp_path):
+    import json
+
+    meta = json.loads(dataset.read_text())
+    pairs_only = dataset.parent / "pairs_only.json"
+    pairs_only.write_text(json.dumps({**meta, "training": []}))
+    spec = load_dataset(pairs_only)
+    assert spec.training == [] and len(spec.val) == 2
+    result = run("evaluate", "--dataset", pairs_only, "--out", tmp_path / "r.csv")
+    assert result.returncode == 0, result.stderr
+    assert "with brain-mri" in result.stdout
+    result = run("train", "--dataset", pairs_only, "--out", tmp_path / "t", "--recipe",
+                 "cpu-brain")  # fmt: skip
+    assert result.returncode == 2 and "no training images" in result.stderr

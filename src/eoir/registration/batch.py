@@ -7,8 +7,10 @@ registered a background thread reads the next pair and another writes the previo
 outputs, so reading and writing overlap with computing. Under ``torchrun`` each process takes
 every ``world``-th pair. For each pair ``DIR`` receives ``<moving>_to_<fixed>_warped.nii.gz``,
 ``..._field.nii.gz`` (ITK by default) and, with labels, ``..._labels.nii.gz``; rank 0 writes
-``DIR/summary.csv`` (seconds, folding, SDlogJ per pair). Every target is checked before any
-work: an existing file without ``overwrite`` stops the run before anything is written.
+``DIR/summary.csv`` (per pair: status ``ok``/``failed``/``skipped``, the error of a failed
+pair, seconds, folding, SDlogJ). A pair that fails writes nothing and the others go on. Every
+target is checked before any work: an existing file without ``overwrite`` stops the run before
+anything is written, unless ``skip_existing`` skips the pairs already complete.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from eoir.nn import load_model
 from eoir.registration.pipeline import register
 from eoir.runtime import distributed, finish_distributed, rank_device, resolve_device
 
-__all__ = ["PairJob", "read_pairs", "register_pairs"]
+__all__ = ["SUMMARY_COLUMNS", "PairJob", "read_pairs", "register_pairs"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,9 @@ def _read(job: PairJob) -> tuple[Image, Image, Image | None]:
     return read_image(job.fixed, "fixed image"), read_image(job.moving, "moving image"), labels
 
 
+FAILURES = (InputError, OSError, MemoryError)  # what fails one pair and not the batch
+
+
 def register_pairs(
     jobs: list[PairJob],
     out_dir: str | os.PathLike,
@@ -111,11 +116,15 @@ def register_pairs(
     model: Any = None,
     field_format: FieldFormat = "itk",
     overwrite: bool = False,
+    skip_existing: bool = False,
     device: str = "cpu",
     echo: Callable[[str], None] = print,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """Register every pair with one loaded model and write its outputs into ``out_dir``.
+
+    A pair that fails (an unreadable or bad file, a full disk, ...) is recorded in the summary
+    with its error and writes nothing; the other pairs go on.
 
     Parameters
     ----------
@@ -129,6 +138,9 @@ def register_pairs(
         Field file format.
     overwrite : bool
         Replace existing outputs.
+    skip_existing : bool
+        Skip the pairs whose outputs all exist already (a rerun after failures or a kill);
+        their rows say ``skipped``.
     device : str
         ``"cpu"`` or ``"cuda"`` (under torchrun each rank takes its share of the pairs).
     **options
@@ -138,7 +150,8 @@ def register_pairs(
     Returns
     -------
     list of dict
-        One summary row per pair (all pairs on rank 0, this rank's share elsewhere).
+        One summary row per pair (all pairs on rank 0, this rank's share elsewhere): ``status``
+        is ``ok``, ``failed`` (with ``error``) or ``skipped``.
     """
     out = Path(out_dir)
     rank, world = distributed(device)
@@ -147,60 +160,108 @@ def register_pairs(
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    every = [t for job in mine for t in _targets(job, out).values() if t is not None]
+    done = {job for job in mine if skip_existing and _complete(job, out)}
+    todo = [job for job in mine if job not in done]
+    every = [t for job in todo for t in _targets(job, out).values() if t is not None]
     # refuses existing files (without overwrite) before any work
     sources = [f for job in jobs for f in (job.fixed, job.moving, job.moving_labels)]
-    OutputSet(every, overwrite, inputs=sources)
+    try:
+        OutputSet(every, overwrite, inputs=sources)
+    except InputError as err:
+        if err.switches and not skip_existing:
+            raise InputError(err.message, switches=("overwrite", "skip_existing")) from None
+        raise
     if rank == 0:
-        OutputSet([out / "summary.csv"], overwrite, suffixes=(".csv",))
+        summary_overwrite = overwrite or skip_existing  # a rerun rewrites its summary
+        OutputSet([out / "summary.csv"], summary_overwrite, suffixes=(".csv",), inputs=sources)
     net = load_model(model, dev) if model is not None else None
-    rows: list[dict[str, Any]] = []
+    rows = {job: _row(job, out, "skipped") for job in done}
     with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
-        pending: Future | None = reader.submit(_read, mine[0]) if mine else None
-        written: list[Future] = []
-        for index, job in enumerate(mine):
-            fixed, moving, labels = pending.result()
-            if index + 1 < len(mine):
-                pending = reader.submit(_read, mine[index + 1])
-            result = register(fixed, moving, model=net, device=dev, **options)
+        pending: Future | None = reader.submit(_read, todo[0]) if todo else None
+        written: dict[PairJob, Future] = {}
+        for index, job in enumerate(todo):
+            reading, pending = pending, None
+            if index + 1 < len(todo):
+                pending = reader.submit(_read, todo[index + 1])
+            try:
+                fixed, moving, labels = reading.result()
+                result = register(fixed, moving, model=net, device=dev, **options)
+            except FAILURES as err:
+                rows[job] = _row(job, out, "failed", error=_error(err))
+                echo(f"{job.stem}: failed: {_error(err)}")
+                continue
             targets = _targets(job, out)
-            written.append(
-                writer.submit(
-                    result.save,
-                    targets["warped"],
-                    targets["field"],
-                    field_format,
-                    labels,
-                    targets["warped_labels"],
-                    overwrite,
-                )
+            written[job] = writer.submit(
+                result.save,
+                targets["warped"],
+                targets["field"],
+                field_format,
+                labels,
+                targets["warped_labels"],
+                overwrite,
             )
             stats = result.jacobian_stats()
-            rows.append(
-                {
-                    "fixed": str(job.fixed),
-                    "moving": str(job.moving),
-                    "seconds": round(result.seconds, 3),
-                    "folding_percent": stats["folding_percent"],
-                    "sdlogj": stats["sdlogj"],
-                    "field": str(targets["field"]),
-                }
+            rows[job] = _row(
+                job,
+                out,
+                "ok",
+                seconds=round(result.seconds, 3),
+                folding_percent=stats["folding_percent"],
+                sdlogj=stats["sdlogj"],
             )
             echo(f"{job.stem}: {result.seconds:.2f} s, folding {stats['folding_percent']:.3f} %")
             for message in result.info["warnings"]:
                 echo(f"{job.stem}: warning: {message}")
-        for future in written:
-            future.result()  # re-raise a failed write
+        for job, future in written.items():
+            try:
+                future.result()
+            except FAILURES as err:  # a write that failed left nothing behind (OutputSet)
+                rows[job] = _row(job, out, "failed", error=_error(err))
+                echo(f"{job.stem}: failed: {_error(err)}")
+    table = [rows[job] for job in mine]
     if world > 1:
         gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, rows)
-        rows = [row for part in gathered for row in part]
-    if rank == 0 and rows:
+        dist.all_gather_object(gathered, table)
+        table = [row for part in gathered for row in part]
+    if rank == 0 and table:
         buffer = io.StringIO()
-        table = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        table.writeheader()
-        table.writerows(rows)
+        writer_csv = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS)
+        writer_csv.writeheader()
+        writer_csv.writerows(table)
         with OutputSet([out / "summary.csv"], True, suffixes=(".csv",)) as outputs:
             outputs.temp(out / "summary.csv").write_text(buffer.getvalue())
     finish_distributed()
-    return rows
+    return table
+
+
+SUMMARY_COLUMNS = [
+    "fixed",
+    "moving",
+    "status",
+    "error",
+    "seconds",
+    "folding_percent",
+    "sdlogj",
+    "field",
+]
+
+
+def _row(job: PairJob, out: Path, status: str, **values: Any) -> dict[str, Any]:
+    row = dict.fromkeys(SUMMARY_COLUMNS, "")
+    row.update(fixed=str(job.fixed), moving=str(job.moving), status=status, **values)
+    if status != "failed":
+        row["field"] = str(_targets(job, out)["field"])
+    return row
+
+
+def _complete(job: PairJob, out: Path) -> bool:
+    """Whether every output of ``job`` exists already."""
+    return all(t.is_file() for t in _targets(job, out).values() if t is not None)
+
+
+def _error(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    if isinstance(err, MemoryError):
+        return "out of memory"
+    return reason(err)
