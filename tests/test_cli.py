@@ -116,5 +116,6 @@ def test_an_existing_output_asks_for_overwrite_in_each_wording(tmp_path):
     eoir.io.write_image(target, image, eoir.io.as_image(image))
     with pytest.raises(eoir.InputError, match=r"exists; set overwrite=True$"):
         eoir.io.write_image(target, image, eoir.io.as_image(image))
-    result = eoir_cli("apply", "--field", target, "--moving", target, "--out", target)
+    eoir.io.write_field(tmp_path / "f.nii.gz", np.zeros((3, 4, 4, 4)), eoir.io.as_image(image))
+    result = eoir_cli("jacobian", "--field", tmp_path / "f.nii.gz", "--out", target)
     assert result.returncode == 2 and result.stderr.strip().endswith("exists; pass --overwrite")

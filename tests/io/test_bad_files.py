@@ -242,3 +242,25 @@ def test_writing_to_an_existing_file_asks_for_overwrite(good):
     image = read_image(good / "good.nii")
     with pytest.raises(InputError, match="exists; set overwrite=True"):
         write_image(good / "good.nii.gz", image.array, Image(image.array, image.affine))
+
+
+def test_a_nifti2_header_with_huge_sizes_is_refused(good):
+    array = np.zeros((6, 5, 4), np.float32)
+    nib.save(nib.Nifti2Image(array, np.eye(4)), good / "two.nii")
+    raw = bytearray((good / "two.nii").read_bytes())
+    struct.pack_into("<8q", raw, 16, 3, 100000, 100000, 100000, 1, 1, 1, 1)  # NIfTI-2 dim
+    (good / "two.nii").write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="100000x100000x100000 voxels"):
+        read_image(good / "two.nii")
+
+
+def test_a_checkpoint_that_is_a_plain_pickle_gives_one_line(good, capfd):
+    import pickle
+
+    (good / "raw.pt").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    result = eoir_cli("register", "--fixed", good / "good.nii.gz", "--moving",
+                      good / "good.nii.gz", "--field", good / "o.nii.gz", "--model",
+                      good / "raw.pt")  # fmt: skip
+    assert result.returncode == 2 and "raw.pt" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "Warning" not in capfd.readouterr().err

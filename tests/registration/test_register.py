@@ -373,7 +373,7 @@ def test_register_with_a_checkpoint(pair, tmp_path):
     state["config"]["width"] = 8
     torch.save(state, tmp_path / "wrong.pt")
     result = run(*common[:-1], tmp_path / "wrong.pt", "--field", tmp_path / "e.nii.gz")
-    assert result.returncode == 2 and "does not match its config" in result.stderr
+    assert result.returncode == 2 and "is not the recorded" in result.stderr
     assert not (tmp_path / "d.nii.gz").exists() and not (tmp_path / "e.nii.gz").exists()
 
 

@@ -93,6 +93,11 @@ def save_model(path: str | os.PathLike, model: nn.Module, **extra: Any) -> None:
         "weights_sha256": weights_sha256(weights),
         **extra,
     }
+    _save_signed(path, state)
+
+
+def _save_signed(path: Path, state: dict[str, Any]) -> None:
+    """Add the model digest to ``state`` and save it atomically to ``path``."""
     state["model_sha256"] = model_sha256(state)
     temp = path.with_name(f".{path.name}.eoir-tmp")
     try:
@@ -234,13 +239,7 @@ def resave(path: str | os.PathLike) -> None:
     state = _load(path)
     if state.get("weights_sha256") is not None:
         _check_digest({k: v for k, v in state.items() if k != "model_sha256"}, path, True)
-    state["model_sha256"] = model_sha256(state)
-    temp = path.with_name(f".{path.name}.eoir-tmp")
-    try:
-        torch.save(state, temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    _save_signed(path, state)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

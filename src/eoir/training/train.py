@@ -421,7 +421,7 @@ def _run(out, config, spec, model, pairs, state, dev, rank, world, echo) -> dict
             loss, terms = training_step(net, optimizer, moving, fixed, lc, amp, **labels)
             if not torch.isfinite(loss):
                 raise InputError(
-                    f"step {step_index + 1}: the loss is {float(loss)}: training stopped, "
+                    f"step {step_index + 1}: the loss is {loss.item()}: training stopped, "
                     f"{out / 'last.pt'} and best.pt keep the last good state (check the images; "
                     "a lower optim.lr)"
                 )
