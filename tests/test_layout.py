@@ -20,7 +20,7 @@ LAYERS = [
     ["eoir.training"],
     ["eoir.registration"],
     ["eoir.io", "eoir.nn", "eoir.losses"],
-    ["eoir.metrics", "eoir.figure", "eoir.runtime"],
+    ["eoir.metrics", "eoir.figure", "eoir.runtime", "eoir.progress"],
     ["eoir.spatial", "eoir.image", "eoir.pretrained"],
     ["eoir.options"],
     ["eoir.errors", "eoir._version"],

@@ -32,6 +32,7 @@ from eoir.io import (
     check_field_target,
     read_field,
     read_image,
+    read_labels,
 )
 from eoir.metrics import determinant_stats
 from eoir.nn import EOIR, count_multiply_adds, count_parameters
@@ -111,6 +112,7 @@ def _register_options(args: argparse.Namespace) -> dict:
         "downsample": args.downsample,
         "device": args.device,
         "precision": args.precision,
+        "progress": not args.quiet,
     }
 
 
@@ -118,6 +120,7 @@ def _run_register_pairs(args: argparse.Namespace) -> int:
     from eoir.registration.batch import read_pairs, register_pairs
 
     single = [args.fixed, args.moving, args.warped, args.field, args.figure, args.json_path]
+    single.append(args.inverse_field)
     if any(v is not None for v in single) or args.moving_labels or args.fixed_labels:
         raise InputError("--pairs takes the place of --fixed/--moving and their outputs")
     if args.out_dir is None:
@@ -159,7 +162,7 @@ def _run_register(args: argparse.Namespace) -> int:
         raise InputError("--moving-labels and --warped-labels go together")
     if args.json_path is not None and not args.json_path.endswith(".json"):
         raise InputError(f"{args.json_path}: the --json output must end in .json")
-    images = [args.warped, args.field, args.warped_labels]
+    images = [args.warped, args.field, args.warped_labels, args.inverse_field]
     if any(p is not None and p.endswith((".json", ".png")) for p in images):
         raise InputError("image and field outputs must be .nii, .nii.gz, .mha or .nrrd")
     if args.figure is not None and not args.figure.endswith(".png"):
@@ -171,16 +174,24 @@ def _run_register(args: argparse.Namespace) -> int:
         suffixes=(*WRITABLE_SUFFIXES, ".json", ".png"),
         inputs=[args.fixed, args.moving, args.moving_labels, args.fixed_labels],
     )
-    if args.field is not None:
-        check_field_target(args.field, args.field_format)
+    for target in (args.field, args.inverse_field):
+        if target is not None:
+            check_field_target(target, args.field_format)
     options = _register_options(args)
     model = options["model"]
-    result = register(args.fixed, args.moving, **options)
-    dice = None
+    if args.fixed_labels is not None and args.moving_labels is None:
+        raise InputError("--fixed-labels needs --moving-labels to measure Dice")
+    # every input read and checked before the registration runs
+    fixed, moving = read_image(args.fixed, "fixed image"), read_image(args.moving, "moving image")
+    labels = fixed_labels = None
+    if args.moving_labels is not None:
+        labels = read_labels(args.moving_labels, moving, "moving labels")
     if args.fixed_labels is not None:
-        if args.moving_labels is None:
-            raise InputError("--fixed-labels needs --moving-labels to measure Dice")
-        dice = dice_before_after(result, args.fixed_labels, args.moving_labels)
+        fixed_labels = read_labels(args.fixed_labels, fixed, "fixed labels")
+    result = register(fixed, moving, **options)
+    dice = None
+    if fixed_labels is not None:
+        dice = dice_before_after(result, fixed_labels, labels)
     stats = result.jacobian_stats()
     summary = {
         "fixed": args.fixed,
@@ -199,6 +210,7 @@ def _run_register(args: argparse.Namespace) -> int:
             "warped": args.warped,
             "field": args.field,
             "warped_labels": args.warped_labels,
+            "inverse_field": args.inverse_field,
         },
     }
     with outputs:
@@ -207,10 +219,11 @@ def _run_register(args: argparse.Namespace) -> int:
             args.warped,
             args.field,
             args.field_format,
-            args.moving_labels,
+            labels,
             args.warped_labels,
             args.figure,
             title=f"{args.moving} -> {args.fixed}",
+            inverse_field=args.inverse_field,
         )
         if args.json_path is not None:
             outputs.temp(args.json_path).write_text(json.dumps(summary, indent=2) + "\n")
@@ -294,6 +307,7 @@ def _run_train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         device=args.device,
         max_steps=args.max_steps,
+        progress=not args.quiet,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         best = result["best"]
@@ -321,6 +335,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         optimize_steps=args.optimize_steps,
         device=args.device,
         overwrite=args.overwrite,
+        progress=not args.quiet,
     )
     return 0
 
@@ -332,7 +347,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_DEVICE_HELP = f"{', '.join(DEVICE_TYPES)} or cuda:N (default cpu)"
+_DEVICE_HELP = (
+    f"{', '.join(DEVICE_TYPES)} or cuda:N (default auto: the GPU when CUDA is available, "
+    "else the CPU; cpu forces the CPU)"
+)
 
 
 def _flag(parser: argparse.ArgumentParser, option: str) -> str | None:
@@ -419,6 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="itk: 5-D NIfTI/vector image in LPS mm for ANTs/ITK/Slicer (default); "
         "l2r: Learn2Reg voxel field (X, Y, Z, 3)",
     )
+    reg.add_argument(
+        "--inverse-field",
+        help="output: the inverse field, on the moving grid (maps it to the fixed image: "
+        "eoir apply warps fixed-space images and atlas labels onto the moving image with it); "
+        "same --field-format",
+    )
     reg.add_argument("--moving-labels", help="a label map on the moving grid to warp")
     reg.add_argument("--warped-labels", help="output: the warped label map (nearest neighbour)")
     reg.add_argument("--fixed-labels", help="fixed label map: report Dice before and after")
@@ -453,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="register at 1/N resolution (default: the model's training resolution, else 1)",
     )
-    reg.add_argument("--device", default="cpu", help=_DEVICE_HELP)
+    reg.add_argument("--device", default="auto", help=_DEVICE_HELP)
     reg.add_argument(
         "--precision",
         choices=list(PRECISIONS),
@@ -466,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--figure", help="output: a PNG of middle slices (images, differences, grid, Jacobian)"
     )
     reg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    reg.add_argument(
+        "--quiet", action="store_true", help="no progress lines (errors and results still print)"
+    )
     reg.set_defaults(func=_run_register)
 
     apply = commands.add_parser(
@@ -513,8 +540,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-steps", type=int, help="stop after N optimizer steps in all")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
     tr.add_argument("--overwrite", action="store_true", help="replace a run in --out")
-    tr.add_argument("--device", default="cpu", help=_DEVICE_HELP)
+    tr.add_argument("--device", default="auto", help=_DEVICE_HELP)
     tr.add_argument("--nproc", type=int, default=1, help="processes (DDP, gloo/nccl)")
+    tr.add_argument(
+        "--quiet", action="store_true", help="no progress lines (errors and results still print)"
+    )
     tr.set_defaults(func=_run_train)
 
     ev = commands.add_parser(
@@ -536,9 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--labels-out", help="Dice per label CSV (default: OUT_labels.csv)")
     ev.add_argument("--save-fields", help="folder for Learn2Reg displacement files")
     ev.add_argument("--optimize-steps", type=int, default=0, help="instance optimisation steps")
-    ev.add_argument("--device", default="cpu", help=_DEVICE_HELP)
+    ev.add_argument("--device", default="auto", help=_DEVICE_HELP)
     ev.add_argument("--nproc", type=int, default=1, help="processes sharing the pairs")
     ev.add_argument("--overwrite", action="store_true", help="replace existing CSVs")
+    ev.add_argument(
+        "--quiet", action="store_true", help="no progress lines (errors and results still print)"
+    )
     ev.set_defaults(func=_run_evaluate)
     return parser
 

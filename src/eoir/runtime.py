@@ -7,6 +7,7 @@ helpers that join, use and leave a torch.distributed process group.
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -14,9 +15,21 @@ import torch.distributed as dist
 from eoir.errors import OptionError
 from eoir.options import look_up_option
 
-__all__ = ["DEVICE_TYPES", "distributed", "finish_distributed", "rank_device", "resolve_device"]
+__all__ = [
+    "DEVICE_TYPES",
+    "Device",
+    "distributed",
+    "finish_distributed",
+    "rank_device",
+    "resolve_device",
+]
 
-DEVICE_TYPES: dict[str, str] = {"cpu": "the CPU", "cuda": "an NVIDIA GPU (cuda or cuda:N)"}
+DEVICE_TYPES: dict[str, str] = {
+    "auto": "the GPU when CUDA is available, else the CPU",
+    "cpu": "the CPU",
+    "cuda": "an NVIDIA GPU (cuda or cuda:N)",
+}
+Device = Literal["auto", "cpu", "cuda"]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -25,7 +38,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     Parameters
     ----------
     device : str or torch.device
-        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
 
     Returns
     -------
@@ -41,6 +54,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
     >>> resolve_device("cpu")
     device(type='cpu')
     """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):

@@ -37,6 +37,7 @@ __all__ = [
     "field_to_world",
     "identity_grid",
     "integrate",
+    "invert",
     "jacobian_determinant",
     "jacobian_determinant_slabs",
     "lps_affine",
@@ -44,6 +45,7 @@ __all__ = [
     "resize_field",
     "sample",
     "sample_at_points",
+    "solve_positions",
     "transform_positions",
     "voxel_to_world",
     "warp",
@@ -405,6 +407,74 @@ def compose(first: torch.Tensor, second: torch.Tensor, padding: Padding = "zeros
     if out.dtype != torch.promote_types(out.dtype, second.dtype):
         return out + second
     return out.add_(second)  # into the fresh warped field (grid_sample's backward keeps none)
+
+
+def solve_positions(
+    disp: torch.Tensor,
+    targets: torch.Tensor,
+    iterations: int = 50,
+    tolerance: float = 1e-3,
+) -> torch.Tensor:
+    """The positions ``p`` with ``p + disp(p) = targets``, by fixed-point iteration.
+
+    ``p <- targets - disp(p)``, with ``disp`` sampled linearly (border values outside its grid),
+    from ``p = targets`` until no position moves by more than ``tolerance`` voxels or after
+    ``iterations`` steps. It converges where ``id + disp`` is invertible with a Jacobian of
+    ``disp`` below 1 in norm: smooth, diffeomorphic fields.
+
+    Parameters
+    ----------
+    disp : torch.Tensor
+        ``(1, ndim, *grid)`` displacement in voxel units of its grid.
+    targets : torch.Tensor
+        ``(1, ndim, *out)`` coordinates in voxels of that grid (any output grid).
+    iterations : int
+        Most iterations.
+    tolerance : float
+        Largest change of a position, voxels, at which it stops.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(1, ndim, *out)`` positions in voxels of ``disp``'s grid.
+    """
+    positions = targets.clone()
+    for _ in range(iterations):
+        moved = targets - sample(disp, positions, padding="border")
+        change = float((moved - positions).abs().max()) if moved.numel() else 0.0
+        positions = moved
+        if change < tolerance:
+            break
+    return positions
+
+
+def invert(disp: torch.Tensor, iterations: int = 50, tolerance: float = 1e-3) -> torch.Tensor:
+    """The inverse of a displacement on its own grid: ``v`` with ``compose(disp, v) ~ 0``.
+
+    Found numerically (:func:`solve_positions`): ``v(q) = p - q`` where ``p + disp(p) = q``.
+    Warping by ``disp`` and then by ``v`` (or the other way round) is the identity, up to the
+    tolerance and interpolation, where both grids overlap.
+
+    Parameters
+    ----------
+    disp : torch.Tensor
+        ``(1, ndim, *spatial)`` displacement in voxels.
+    iterations, tolerance
+        As :func:`solve_positions`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(1, ndim, *spatial)`` inverse displacement in voxels.
+
+    Examples
+    --------
+    >>> shift = torch.full((1, 2, 8, 8), 1.5)
+    >>> invert(shift)[0, :, 4, 4]
+    tensor([-1.5000, -1.5000])
+    """
+    grid = identity_grid(disp.shape[2:], disp.device, disp.dtype)
+    return solve_positions(disp, grid, iterations, tolerance) - grid
 
 
 def resize_field(

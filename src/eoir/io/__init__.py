@@ -17,6 +17,7 @@ from eoir.io.images import (
     as_sitk_image,
     check_labels,
     read_image,
+    read_labels,
 )
 from eoir.io.landmarks import read_landmarks
 from eoir.io.outputs import WRITABLE_SUFFIXES, OutputSet, write_field, write_image
@@ -39,6 +40,7 @@ __all__ = [
     "load_dataset",
     "read_field",
     "read_image",
+    "read_labels",
     "read_landmarks",
     "write_field",
     "write_image",

@@ -37,6 +37,7 @@ __all__ = [
     "available_memory",
     "check_labels",
     "read_image",
+    "read_labels",
 ]
 
 
@@ -335,6 +336,34 @@ def check_labels(image: Image, what: str = "label map") -> None:
             f"{image.path or what}: {what} holds non-integer values ({examples}, ...): "
             "a label map holds integer labels"
         )
+
+
+def read_labels(source: ImageLike, image: Image, what: str = "labels") -> Image:
+    """A label map that belongs to ``image``: read (or taken as given), integer-valued
+    (:func:`check_labels`) and on ``image``'s grid.
+
+    Parameters
+    ----------
+    source : path, Image or numpy.ndarray
+        The label map (an array takes ``image``'s affine).
+    image : Image
+        The image the labels belong to.
+    what : str
+        What they are, for messages (``"moving labels"``).
+
+    Raises
+    ------
+    InputError
+        Unreadable, non-integer values, or another grid than ``image``'s.
+    """
+    labels = as_image(source, image.affine, what)
+    check_labels(labels, what)
+    if not labels.same_grid(image):
+        raise InputError(
+            f"{labels.path or what}: {what} grid {labels.shape} does not match the image's grid "
+            f"{image.shape} (shape or affine differ)"
+        )
+    return labels
 
 
 def as_sitk_image(array: np.ndarray, reference: Image, vector: bool = False) -> sitk.Image:

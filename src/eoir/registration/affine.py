@@ -6,6 +6,7 @@ import numpy as np
 
 from eoir.image import Image
 from eoir.io import as_sitk_image
+from eoir.progress import ProgressLike, progress_for
 from eoir.spatial import lps_affine
 
 __all__ = ["affine_align"]
@@ -18,6 +19,7 @@ def affine_align(
     moving_values: np.ndarray,
     iterations: int = 200,
     seed: int = 1,
+    progress: ProgressLike = False,
 ) -> np.ndarray:
     """Affine pre-alignment with SimpleITK (Mattes mutual information, 3 resolutions).
 
@@ -35,6 +37,9 @@ def affine_align(
         Optimiser iterations per resolution.
     seed : int
         Sampling seed (the result is reproducible for a given seed and thread count).
+    progress : bool or callable
+        Show the optimiser's iterations (at most ``3 * iterations``; see
+        :mod:`eoir.progress`).
 
     Returns
     -------
@@ -61,7 +66,12 @@ def affine_align(
     method.SetSmoothingSigmasPerLevel([2, 1, 0])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     method.SetInitialTransform(initial, inPlace=False)
-    transform = method.Execute(f, m)
+    shown = progress_for(progress, 3 * iterations, "affine")
+    method.AddCommand(sitk.sitkIterationEvent, lambda: shown.update())
+    with shown:
+        transform = method.Execute(f, m)
+        shown.total = shown.done  # it stops when it converges
+        shown.update(shown.done)
     # the transform maps fixed LPS points to moving LPS points; read its matrix off 4 points
     origin = np.array(transform.TransformPoint((0.0, 0.0, 0.0)))
     lps = np.eye(4)

@@ -30,6 +30,7 @@ from eoir.errors import InputError, reason
 from eoir.image import Image
 from eoir.io import FieldFormat, OutputSet, Split, Subject, load_dataset, read_image
 from eoir.nn import load_model
+from eoir.progress import ProgressLike, progress_for
 from eoir.registration.pipeline import register
 from eoir.runtime import distributed, finish_distributed, rank_device, resolve_device
 
@@ -117,8 +118,9 @@ def register_pairs(
     field_format: FieldFormat = "itk",
     overwrite: bool = False,
     skip_existing: bool = False,
-    device: str = "cpu",
+    device: str = "auto",
     echo: Callable[[str], None] = print,
+    progress: ProgressLike = True,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """Register every pair with one loaded model and write its outputs into ``out_dir``.
@@ -142,7 +144,14 @@ def register_pairs(
         Skip the pairs whose outputs all exist already (a rerun after failures or a kill);
         their rows say ``skipped``.
     device : str
-        ``"cpu"`` or ``"cuda"`` (under torchrun each rank takes its share of the pairs).
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"`` (under torchrun each rank
+        takes its share of the pairs, on ``cuda:LOCAL_RANK``).
+    echo : callable
+        Where failures and warnings are reported.
+    progress : bool or callable
+        Show the pair count, each pair's time and the time left (:mod:`eoir.progress`: a
+        rewritten line on a terminal, else a line per pair through ``echo``); the
+        registrations' own progress is not shown.
     **options
         Passed to :func:`eoir.register` (``optimize_steps``, ``preset``, ``affine``,
         ``downsample``, ``precision``, ...).
@@ -154,8 +163,9 @@ def register_pairs(
         is ``ok``, ``failed`` (with ``error``) or ``skipped``.
     """
     out = Path(out_dir)
-    rank, world = distributed(device)
-    dev = rank_device(resolve_device(device), world)
+    dev = resolve_device(device)
+    rank, world = distributed(dev)
+    dev = rank_device(dev, world)  # cuda:LOCAL_RANK under torchrun
     mine = jobs[rank::world]
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
@@ -176,7 +186,12 @@ def register_pairs(
         OutputSet([out / "summary.csv"], summary_overwrite, suffixes=(".csv",), inputs=sources)
     net = load_model(model, dev) if model is not None else None
     rows = {job: _row(job, out, "skipped") for job in done}
-    with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
+    shown = progress_for(progress, len(todo), "pairs", every=0, echo=echo)
+    with (
+        shown,
+        ThreadPoolExecutor(max_workers=1) as reader,
+        ThreadPoolExecutor(max_workers=1) as writer,
+    ):
         pending: Future | None = reader.submit(_read, todo[0]) if todo else None
         written: dict[PairJob, Future] = {}
         for index, job in enumerate(todo):
@@ -185,10 +200,11 @@ def register_pairs(
                 pending = reader.submit(_read, todo[index + 1])
             try:
                 fixed, moving, labels = reading.result()
-                result = register(fixed, moving, model=net, device=dev, **options)
+                result = register(fixed, moving, model=net, device=dev, progress=False, **options)
             except FAILURES as err:
                 rows[job] = _row(job, out, "failed", error=_error(err))
                 echo(f"{job.stem}: failed: {_error(err)}")
+                shown.update(note=f"{job.stem} failed")
                 continue
             targets = _targets(job, out)
             written[job] = writer.submit(
@@ -209,7 +225,7 @@ def register_pairs(
                 folding_percent=stats["folding_percent"],
                 sdlogj=stats["sdlogj"],
             )
-            echo(f"{job.stem}: {result.seconds:.2f} s, folding {stats['folding_percent']:.3f} %")
+            shown.update(note=f"{job.stem} {result.seconds:.1f} s")
             for message in result.info["warnings"]:
                 echo(f"{job.stem}: warning: {message}")
         for job, future in written.items():

@@ -36,6 +36,7 @@ from eoir.image import Image
 from eoir.io import ImageLike, as_image
 from eoir.nn import load_model
 from eoir.options import PRECISIONS, Precision, look_up_option, non_negative, positive
+from eoir.progress import ProgressLike, progress_for
 from eoir.registration.affine import affine_align
 from eoir.registration.instance import finetune_network, optimise_field
 from eoir.registration.preprocess import PRESETS, Preset, check_finite, is_constant, normalise
@@ -97,6 +98,8 @@ class Settings:
         Where the work runs.
     optimize_options : dict
         Extra keyword arguments of :func:`eoir.registration.instance.optimise_field`.
+    progress : bool or callable
+        Show the affine stage's and the refinement's progress (:mod:`eoir.progress`).
     """
 
     preset: Preset = "mri"
@@ -105,8 +108,9 @@ class Settings:
     optimize_steps: int | None = None
     optimize_target: OptimizeTarget = "field"
     precision: Precision = "float32"
-    device: str | torch.device = "cpu"
+    device: str | torch.device = "auto"
     optimize_options: dict[str, Any] = field(default_factory=dict)
+    progress: ProgressLike = True
 
 
 @dataclass
@@ -230,7 +234,9 @@ def align(pair: Pair, settings: Settings) -> np.ndarray | None:
     """
     if not settings.affine:
         return None
-    return affine_align(pair.fixed, pair.moving, pair.fixed_values, pair.moving_values)
+    return affine_align(
+        pair.fixed, pair.moving, pair.fixed_values, pair.moving_values, progress=settings.progress
+    )
 
 
 def check_overlap(pair: Pair, world: np.ndarray | None, settings: Settings) -> None:
@@ -315,10 +321,23 @@ def refine(
     steps = settings.optimize_steps
     if steps == 0:
         return disp
-    options = settings.optimize_options
-    if settings.optimize_target == "weights":
-        return finetune_network(net, work.moving, work.fixed, steps, **options)
-    return optimise_field(work.moving, work.fixed, init=disp, steps=steps, **options)
+    options = dict(settings.optimize_options)
+    label = "fine-tuning" if settings.optimize_target == "weights" else "optimisation"
+    given = options.pop("callback", None)
+    with progress_for(settings.progress, steps, label) as shown:
+
+        def callback(step: int, loss: float) -> None:
+            shown.update(step, f"loss {loss:.4f}")
+            if given is not None:
+                given(step, loss)
+
+        if settings.optimize_target == "weights":
+            return finetune_network(
+                net, work.moving, work.fixed, steps, callback=callback, **options
+            )
+        return optimise_field(
+            work.moving, work.fixed, init=disp, steps=steps, callback=callback, **options
+        )
 
 
 def finish(
@@ -360,9 +379,10 @@ def register(
     affine: bool = False,
     preset: Preset = "mri",
     downsample: int | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     optimize_options: dict[str, Any] | None = None,
     precision: Precision = "float32",
+    progress: ProgressLike = True,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed``.
 
@@ -390,7 +410,8 @@ def register(
         Register at ``1/downsample`` resolution and upsample the field (faster, coarser).
         Default: the resolution the model was trained at (2 for ``brain-mri``), else 1.
     device : str or torch.device
-        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        ``"auto"`` (default: CUDA when available, else the CPU), ``"cpu"``, ``"cuda"`` or
+        ``"cuda:N"``.
     optimize_options : dict, optional
         Extra keyword arguments of :func:`eoir.registration.instance.optimise_field` (lr,
         weight, similarity, ...).
@@ -399,6 +420,10 @@ def register(
         float32). ``bfloat16`` is faster on CPUs with AVX512-BF16 and on GPUs; ``float16`` is
         for GPUs. Its effect on the shipped model's fields and Dice is measured in
         ``benchmarks/results.md``.
+    progress : bool or callable
+        Show the progress of the affine stage and of the optimisation steps on standard error:
+        a rewritten line on a terminal, a line every 10 s otherwise (:mod:`eoir.progress`);
+        ``False`` shows nothing; a callable is called as ``progress(done, total)``.
 
     Returns
     -------
@@ -412,7 +437,8 @@ def register(
     >>> x = np.mgrid[:24, :24, :24].astype(np.float32)
     >>> fixed = np.exp(-((x - 12) ** 2).sum(0) / 40)
     >>> moving = np.exp(-((x - [[[[14]]], [[[12]]], [[[12]]]]) ** 2).sum(0) / 40)
-    >>> result = register(fixed, moving, model=None, optimize_steps=60, preset="none")
+    >>> result = register(fixed, moving, model=None, optimize_steps=60, preset="none",
+    ...                   progress=False)
     >>> round(float(result.disp[0, 0, 12, 12, 12]))  # fixed voxel 12 <- moving voxel 14
     2
     """
@@ -427,6 +453,7 @@ def register(
         precision=precision,
         device=device,
         optimize_options=dict(optimize_options or {}),
+        progress=progress,
     )
     net, settings = configure(model, options)
     _check_downsample(settings.downsample, fixed_image.shape)

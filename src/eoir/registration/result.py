@@ -17,9 +17,10 @@ import torch
 
 from eoir.errors import InputError
 from eoir.image import Image
-from eoir.io import FieldFormat, ImageLike, OutputSet, as_image, check_labels
+from eoir.io import FieldFormat, ImageLike, OutputSet, read_labels
 from eoir.metrics import jacobian_stats, mean_dice
 from eoir.registration.resample import warp_image
+from eoir.spatial import identity_grid, solve_positions, transform_positions
 
 __all__ = ["RegistrationResult", "dice_before_after"]
 
@@ -59,13 +60,7 @@ class RegistrationResult:
 
         ``labels`` must lie on the moving image's grid.
         """
-        image = as_image(labels, self.moving.affine, "moving labels")
-        check_labels(image, "moving labels")
-        if not image.same_grid(self.moving):
-            raise InputError(
-                f"{image.path or 'moving labels'}: label map grid {image.shape} does not match "
-                f"the moving image's grid {self.moving.shape} (shape or affine differ)"
-            )
+        image = read_labels(labels, self.moving, "moving labels")
         return warp_image(image, self.fixed, self.disp, mode="nearest")
 
     def figure(self, path: str | os.PathLike, title: str | None = None) -> None:
@@ -98,6 +93,38 @@ class RegistrationResult:
         """Folding and smoothness of the total field (see :func:`eoir.metrics.jacobian_stats`)."""
         return jacobian_stats(self.disp)
 
+    def inverse(self, iterations: int = 50, tolerance: float = 1e-3) -> torch.Tensor:
+        """The inverse transform: a displacement on the moving grid that maps it to the fixed one.
+
+        Moving voxel ``q`` corresponds to the fixed world point ``A_m (q + inv(q))``, so
+        warping a fixed-space image or label map with it (``eoir apply``) puts it onto the moving
+        image. EOIR's field is a composition of diffeomorphic residuals of several levels, with
+        no single velocity to negate, so the inverse is found numerically for every model:
+        the affine part is inverted exactly, the deformable part by fixed-point iteration
+        (:func:`eoir.spatial.solve_positions`) to ``tolerance`` voxels. Where the moving grid
+        reaches beyond the fixed one, the field is extended by its border values.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(1, 3, *moving.shape)`` displacement in voxel units of the moving grid.
+        """
+        fixed, moving = self.fixed, self.moving
+        world = np.eye(4) if self.world is None else np.asarray(self.world, dtype=float)
+        undo = np.linalg.inv(fixed.affine) @ np.linalg.inv(world) @ fixed.affine  # G^-1
+        grid = identity_grid(fixed.shape, dtype=torch.float64)
+        # the deformable part alone: p + total(p) = G (p + deformable(p))
+        deformable = (transform_positions(undo, grid + self.disp.double()) - grid).float()
+        # moving voxels in the fixed voxel frame, with the affine part undone
+        targets = transform_positions(
+            np.linalg.inv(fixed.affine) @ np.linalg.inv(world) @ moving.affine,
+            identity_grid(moving.shape, dtype=torch.float32),
+        )
+        positions = solve_positions(deformable, targets, iterations, tolerance)
+        to_moving = np.linalg.inv(moving.affine) @ fixed.affine
+        moving_grid = identity_grid(moving.shape, dtype=torch.float32)
+        return transform_positions(to_moving, positions) - moving_grid
+
     def save(
         self,
         warped: str | os.PathLike | None = None,
@@ -106,8 +133,9 @@ class RegistrationResult:
         labels: ImageLike | None = None,
         warped_labels: str | os.PathLike | None = None,
         overwrite: bool = False,
+        inverse_field: str | os.PathLike | None = None,
     ) -> None:
-        """Write the requested outputs on the fixed grid, all or none (atomic).
+        """Write the requested outputs, all or none (atomic).
 
         Parameters
         ----------
@@ -120,14 +148,24 @@ class RegistrationResult:
             A moving label map and where to write it warped (nearest neighbour).
         overwrite : bool
             Replace existing files.
+        inverse_field : path, optional
+            The inverse field (:meth:`inverse`) on the moving grid, in ``field_format``.
         """
         inputs = [self.fixed.path, self.moving.path]
         inputs.append(labels.path if isinstance(labels, Image) else labels)
         if not isinstance(inputs[-1], str | os.PathLike):
             inputs.pop()  # an array: no file to protect
-        targets = [warped, field, warped_labels]
+        targets = [warped, field, warped_labels, inverse_field]
         with OutputSet(targets, overwrite=overwrite, inputs=inputs) as outputs:
-            self.write(outputs, warped, field, field_format, labels, warped_labels)
+            self.write(
+                outputs,
+                warped,
+                field,
+                field_format,
+                labels,
+                warped_labels,
+                inverse_field=inverse_field,
+            )
 
     def write(
         self,
@@ -139,6 +177,7 @@ class RegistrationResult:
         warped_labels: str | os.PathLike | None = None,
         figure: str | os.PathLike | None = None,
         title: str | None = None,
+        inverse_field: str | os.PathLike | None = None,
     ) -> None:
         """Write outputs into an :class:`eoir.io.OutputSet` that declared them (see
         :meth:`save`; ``figure`` is a PNG path, see :meth:`figure`)."""
@@ -157,6 +196,9 @@ class RegistrationResult:
                 outputs.write_image(warped_labels, label_array, self.fixed)
             if figure is not None:
                 self.figure(outputs.temp(figure), title)
+            if inverse_field is not None:
+                inverse = self.inverse()
+                outputs.write_field(inverse_field, inverse, self.moving, field_format)
             if job is not None:
                 job.result()
 
@@ -168,14 +210,8 @@ def dice_before_after(
 
     "Before" maps the moving labels into the fixed grid by geometry alone (no registration).
     """
-    fixed_lab = as_image(fixed_labels, result.fixed.affine, "fixed labels")
-    check_labels(fixed_lab, "fixed labels")
-    if not fixed_lab.same_grid(result.fixed):
-        raise InputError(
-            f"{fixed_lab.path or 'fixed labels'}: label map grid {fixed_lab.shape} does not match "
-            f"the fixed image's grid {result.fixed.shape}"
-        )
-    moving_lab = as_image(moving_labels, result.moving.affine, "moving labels")
+    fixed_lab = read_labels(fixed_labels, result.fixed, "fixed labels")
+    moving_lab = read_labels(moving_labels, result.moving, "moving labels")
     after = result.warp_labels(moving_lab)
     before = warp_image(moving_lab, result.fixed, mode="nearest")
     return (

@@ -26,6 +26,7 @@ from eoir.image import Image
 from eoir.io import OutputSet, Split, Subject, check_labels, load_dataset, read_image
 from eoir.metrics import dice_per_label, evaluation_labels, mean_hd95
 from eoir.nn import load_checkpoint
+from eoir.progress import ProgressLike, progress_for
 from eoir.registration import register
 from eoir.runtime import distributed, finish_distributed, rank_device, resolve_device
 
@@ -90,9 +91,10 @@ def evaluate(
     labels_csv: str | Path | None = None,
     save_fields: str | Path | None = None,
     optimize_steps: int = 0,
-    device: str = "cpu",
+    device: str = "auto",
     overwrite: bool = False,
     echo=print,
+    progress: ProgressLike = True,
 ) -> list[dict[str, Any]]:
     """Register and score every pair of a split.
 
@@ -116,11 +118,14 @@ def evaluate(
     optimize_steps : int
         Instance-optimisation steps after the model (0: the model alone).
     device : str
-        ``"cpu"`` or ``"cuda"``.
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"`` (under torchrun each rank
+        uses ``cuda:LOCAL_RANK``).
     overwrite : bool
         Replace existing outputs.
     echo : callable
-        Where the summary goes.
+        Where the summary (and, off a terminal, each pair's line) goes.
+    progress : bool or callable
+        Show each pair's scores, the pair count and the time left (:mod:`eoir.progress`).
 
     Returns
     -------
@@ -137,8 +142,9 @@ def evaluate(
     for fixed, moving in pairs:  # every pair checked before any work
         if fixed.label is None or moving.label is None:
             raise InputError(f"{fixed.image}: evaluation needs label maps for both images")
-    rank, world = distributed(device)
-    dev = rank_device(resolve_device(device), world)  # cuda:LOCAL_RANK under torchrun
+    dev = resolve_device(device)
+    rank, world = distributed(dev)
+    dev = rank_device(dev, world)  # cuda:LOCAL_RANK under torchrun
     preset = "mri"
     net = None
     if model is not None:
@@ -191,15 +197,20 @@ def evaluate(
         row, per_pair = job.result()
         rows.append(row)
         label_rows.extend(per_pair)
-        echo(
-            f"{row['moving']} -> {row['fixed']}: Dice {row['dice']:.4f}, HD95 {row['hd95']:.2f} "
-            f"mm, folding {row['folding_percent']:.3f} %, {row['seconds']:.1f} s"
+        shown.update(
+            note=f"{row['moving']} -> {row['fixed']}: Dice {row['dice']:.4f}, HD95 "
+            f"{row['hd95']:.2f} mm, folding {row['folding_percent']:.3f} %"
         )
 
     # the next pair is read and the previous one scored (and its field written) in threads
     # while this one registers
     mine = pairs[rank::world]
-    with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as scorer:
+    shown = progress_for(progress, len(mine), "pairs", every=0, echo=echo)
+    with (
+        shown,
+        ThreadPoolExecutor(max_workers=1) as reader,
+        ThreadPoolExecutor(max_workers=1) as scorer,
+    ):
         pending = reader.submit(read, mine[0]) if mine else None
         scoring: Future | None = None
         for index, pair in enumerate(mine):
@@ -213,6 +224,7 @@ def evaluate(
                 optimize_steps=optimize_steps if net is not None else 0,
                 preset=preset,
                 device=dev,
+                progress=False,
             )
             if scoring is not None:
                 collect(scoring)

@@ -34,6 +34,7 @@ from eoir.losses import multilevel_loss, ncc_loss, one_hot
 from eoir.metrics import mean_dice
 from eoir.nn.checkpoint import build_model, read_checkpoint, save_model
 from eoir.options import positive
+from eoir.progress import Progress
 from eoir.runtime import distributed, finish_distributed, rank_device, resolve_device
 from eoir.spatial import warp
 from eoir.training.config import save_config
@@ -88,14 +89,22 @@ def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 class _Log:
-    """Progress on a terminal, plain lines otherwise; the CSV; TensorBoard when installed."""
+    """The progress line (:class:`eoir.progress.Progress`), the CSV, TensorBoard when installed."""
 
     def __init__(
-        self, out: Path, total: int, start: int, enabled: bool, echo: Callable[[str], None]
+        self,
+        out: Path,
+        total: int,
+        start: int,
+        enabled: bool,
+        echo: Callable[[str], None],
+        show: bool = True,
     ):
-        self.enabled, self.total, self.start, self.echo = enabled, total, start, echo
-        self.tty = enabled and sys.stdout.isatty()
-        self.began = time.perf_counter()
+        self.enabled = enabled
+        self.progress = Progress(
+            total, "step", enabled=enabled and show, stream=sys.stdout, every=0, start=start,
+            echo=None if sys.stdout.isatty() else echo,
+        )  # fmt: skip
         self.writer = None
         if not enabled:
             return
@@ -125,19 +134,13 @@ class _Log:
                         values["step"],
                     )
         if show:
-            step = values["step"]
-            rate = (step - self.start) / max(time.perf_counter() - self.began, 1e-9)
-            eta = (self.total - step) / max(rate, 1e-9)
-            text = f"step {step}/{self.total} loss {values['loss']:.4f} lr {values['lr']:.2e}"
+            note = f"loss {values['loss']:.4f} lr {values['lr']:.2e}"
             if values.get("val", "") != "":
-                text += f" val {values['val']:.4f}"
-            text += f" {rate:.2f} it/s ETA {int(eta // 60):02d}:{int(eta % 60):02d}"
-            if self.tty:
-                print("\r" + text, end="" if step < self.total else "\n", flush=True)
-            else:
-                self.echo(text)
+                note += f" val {values['val']:.4f}"
+            self.progress.update(values["step"], note)
 
     def close(self) -> None:
+        self.progress.close()
         if self.enabled:
             self.csv_file.close()
             if self.writer is not None:
@@ -235,9 +238,10 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    device: str = "cpu",
+    device: str = "auto",
     max_steps: int | None = None,
     echo: Callable[[str], None] = print,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train an EOIR model on a dataset.
 
@@ -256,11 +260,15 @@ def train(
     overwrite : bool
         Replace a previous run in ``out``.
     device : str
-        ``"cpu"`` or ``"cuda"`` (under torchrun each rank uses ``cuda:LOCAL_RANK``).
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"`` (under torchrun each rank uses
+        ``cuda:LOCAL_RANK``).
     max_steps : int, optional
         Stop after this many optimizer steps in all (overrides ``optim.max_steps``).
     echo : callable
         Where log lines go.
+    progress : bool
+        Show the step count, loss and ETA (a rewritten line on a terminal, else a line every
+        ``train.log_every`` steps).
 
     Returns
     -------
@@ -270,8 +278,9 @@ def train(
     """
     out = Path(out)
     positive("max_steps", max_steps)
-    rank, world = distributed(device)
-    dev = rank_device(resolve_device(device), world)
+    dev = resolve_device(device)
+    rank, world = distributed(dev)
+    dev = rank_device(dev, world)  # cuda:LOCAL_RANK under torchrun
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed training shapes: pick the fastest convs
     _prepare_run_dir(out, resume, overwrite)
@@ -308,7 +317,7 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         save_config(out / "config.yaml", config)
     try:
-        return _run(out, config, spec, model, pairs, state, dev, rank, world, echo)
+        return _run(out, config, spec, model, pairs, state, dev, rank, world, echo, progress)
     except BaseException:
         if rank == 0 and not started and not (out / "last.pt").exists():
             _discard(out)  # a start that failed leaves nothing to refuse a retry with
@@ -354,7 +363,9 @@ def _worker_error(err: Exception) -> InputError | None:
     return None
 
 
-def _run(out, config, spec, model, pairs, state, dev, rank, world, echo) -> dict[str, Any]:
+def _run(
+    out, config, spec, model, pairs, state, dev, rank, world, echo, progress
+) -> dict[str, Any]:
     """The training loop of :func:`train` once the run is checked and its folder written."""
     dc, lc, oc, tc = (config[k] for k in ("data", "loss", "optim", "train"))
     model.activation_checkpointing = bool(tc["checkpointing"])
@@ -405,7 +416,7 @@ def _run(out, config, spec, model, pairs, state, dev, rank, world, echo) -> dict
     val_every = int(tc["val_every"]) or pairs.steps_per_epoch
     use_dice = float(lc["dice_weight"]) > 0
     amp = bool(tc["amp"]) and dev.type == "cuda"
-    log = _Log(out, total, start, rank == 0, echo)
+    log = _Log(out, total, start, rank == 0, echo, progress)
     began = time.perf_counter()
     step = start
     try:
