@@ -412,15 +412,18 @@ def compose(first: torch.Tensor, second: torch.Tensor, padding: Padding = "zeros
 def solve_positions(
     disp: torch.Tensor,
     targets: torch.Tensor,
-    iterations: int = 50,
+    iterations: int = 20,
     tolerance: float = 1e-3,
+    initial: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The positions ``p`` with ``p + disp(p) = targets``, by fixed-point iteration.
+    """The positions ``p`` with ``p + disp(p) = targets``, by Newton's method.
 
-    ``p <- targets - disp(p)``, with ``disp`` sampled linearly (border values outside its grid),
-    from ``p = targets`` until no position moves by more than ``tolerance`` voxels or after
-    ``iterations`` steps. It converges where ``id + disp`` is invertible with a Jacobian of
-    ``disp`` below 1 in norm: smooth, diffeomorphic fields.
+    ``p <- p - (I + J(p))^-1 (p + disp(p) - targets)`` from ``p = targets``, with ``disp`` and
+    its Jacobian ``J`` (central differences) sampled linearly, border values outside the grid,
+    until no position moves by more than ``tolerance`` voxels or after ``iterations`` steps.
+    Where ``I + J`` is singular (a fold) the step falls back to the fixed-point one
+    (``p <- targets - disp(p)``). Newton converges where ``id + disp`` is locally invertible,
+    also where the field stretches by more than 2 (the fixed-point iteration does not).
 
     Parameters
     ----------
@@ -431,24 +434,64 @@ def solve_positions(
     iterations : int
         Most iterations.
     tolerance : float
-        Largest change of a position, voxels, at which it stops.
+        Largest step of a position, voxels, at which it stops.
+    initial : torch.Tensor, optional
+        ``(1, ndim, *out)`` first guess (default: ``targets``), e.g. a coarser grid's solution.
 
     Returns
     -------
     torch.Tensor
         ``(1, ndim, *out)`` positions in voxels of ``disp``'s grid.
     """
-    positions = targets.clone()
+    ndim = disp.shape[1]
+    spatial = tuple(range(2, 2 + ndim))
+    jacobian = torch.cat(
+        [torch.stack(torch.gradient(disp[:, i], dim=tuple(a - 1 for a in spatial)), 1)
+         for i in range(ndim)], 1
+    )  # (1, ndim * ndim, *grid): channel i * ndim + j = d disp_i / d x_j  # fmt: skip
+    both = torch.cat([disp, jacobian], 1)
+    flat = targets.reshape(ndim, -1)
+    positions = (targets if initial is None else initial).reshape(ndim, -1).clone()
+    active = torch.arange(flat.shape[1], device=flat.device)
     for _ in range(iterations):
-        moved = targets - sample(disp, positions, padding="border")
-        change = float((moved - positions).abs().max()) if moved.numel() else 0.0
-        positions = moved
-        if change < tolerance:
+        if not len(active):
             break
-    return positions
+        # only the positions that still move: most converge in a few steps
+        points = positions[:, active].reshape(1, ndim, -1, *[1] * (ndim - 1))
+        values = sample(both, points, padding="border").reshape(1, ndim + ndim * ndim, -1)
+        residual = positions[:, active] + values[0, :ndim] - flat[:, active]
+        matrix = values[:, ndim:].unflatten(1, (ndim, ndim))  # (1, ndim, ndim, M)
+        for k in range(ndim):
+            matrix[:, k, k] += 1.0
+        step, invertible = _solve_small(matrix, residual[None])
+        step = torch.where(invertible, step, residual[None])[0]
+        positions[:, active] -= step
+        active = active[step.abs().amax(0) >= tolerance]
+    return positions.reshape(targets.shape)
 
 
-def invert(disp: torch.Tensor, iterations: int = 50, tolerance: float = 1e-3) -> torch.Tensor:
+def _solve_small(matrix: torch.Tensor, vector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``matrix^-1 vector`` per voxel for ``(1, n, n, *out)`` and ``(1, n, *out)``, n = 2 or 3,
+    by cofactors; and where the matrix is invertible (a determinant above 1e-3)."""
+    m = matrix[0]
+    if m.shape[0] == 2:
+        det = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
+        inverse = [[m[1, 1], -m[0, 1]], [-m[1, 0], m[0, 0]]]
+    else:
+        cof = [[m[(i + 1) % 3, (j + 1) % 3] * m[(i + 2) % 3, (j + 2) % 3]
+                - m[(i + 1) % 3, (j + 2) % 3] * m[(i + 2) % 3, (j + 1) % 3]
+                for j in range(3)] for i in range(3)]  # fmt: skip
+        det = m[0, 0] * cof[0][0] + m[0, 1] * cof[0][1] + m[0, 2] * cof[0][2]
+        inverse = [[cof[j][i] for j in range(3)] for i in range(3)]  # the adjugate
+    invertible = det > 1e-3
+    safe = torch.where(invertible, det, torch.ones_like(det))
+    v = vector[0]
+    out = torch.stack([sum(inverse[i][j] * v[j] for j in range(len(v))) / safe
+                       for i in range(len(v))])  # fmt: skip
+    return out[None], invertible[None, None]
+
+
+def invert(disp: torch.Tensor, iterations: int = 20, tolerance: float = 1e-3) -> torch.Tensor:
     """The inverse of a displacement on its own grid: ``v`` with ``compose(disp, v) ~ 0``.
 
     Found numerically (:func:`solve_positions`): ``v(q) = p - q`` where ``p + disp(p) = q``.
