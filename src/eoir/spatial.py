@@ -414,7 +414,7 @@ def solve_positions(
     targets: torch.Tensor,
     iterations: int = 20,
     tolerance: float = 1e-3,
-    initial: torch.Tensor | None = None,
+    coarse_start: bool = False,
 ) -> torch.Tensor:
     """The positions ``p`` with ``p + disp(p) = targets``, by Newton's method.
 
@@ -435,8 +435,9 @@ def solve_positions(
         Most iterations.
     tolerance : float
         Largest step of a position, voxels, at which it stops.
-    initial : torch.Tensor, optional
-        ``(1, ndim, *out)`` first guess (default: ``targets``), e.g. a coarser grid's solution.
+    coarse_start : bool
+        Solve for every second target along each axis first and start the rest from that
+        (interpolated): fewer full-size iterations for large, smooth grids of targets.
 
     Returns
     -------
@@ -450,6 +451,24 @@ def solve_positions(
          for i in range(ndim)], 1
     )  # (1, ndim * ndim, *grid): channel i * ndim + j = d disp_i / d x_j  # fmt: skip
     both = torch.cat([disp, jacobian], 1)
+    initial = None
+    if coarse_start:
+        coarse = targets[(..., *[slice(None, None, 2)] * ndim)]
+        offset = _newton(both, coarse, coarse, iterations, tolerance) - coarse
+        half = identity_grid(targets.shape[2:], targets.device, targets.dtype) / 2
+        initial = targets + sample(offset, half, padding="border")
+    return _newton(both, targets, initial, iterations, tolerance)
+
+
+def _newton(
+    both: torch.Tensor,
+    targets: torch.Tensor,
+    initial: torch.Tensor | None,
+    iterations: int,
+    tolerance: float,
+) -> torch.Tensor:
+    """:func:`solve_positions`' iterations on the field and its Jacobian stacked (``both``)."""
+    ndim = targets.shape[1]
     flat = targets.reshape(ndim, -1)
     positions = (targets if initial is None else initial).reshape(ndim, -1).clone()
     active = torch.arange(flat.shape[1], device=flat.device)

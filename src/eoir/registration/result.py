@@ -20,7 +20,7 @@ from eoir.image import Image
 from eoir.io import FieldFormat, ImageLike, OutputSet, read_labels
 from eoir.metrics import jacobian_stats, mean_dice
 from eoir.registration.resample import warp_image
-from eoir.spatial import identity_grid, sample, solve_positions, transform_positions
+from eoir.spatial import identity_grid, solve_positions, transform_positions
 
 __all__ = ["RegistrationResult", "dice_before_after"]
 
@@ -120,12 +120,7 @@ class RegistrationResult:
             np.linalg.inv(fixed.affine) @ np.linalg.inv(world) @ moving.affine,
             identity_grid(moving.shape, dtype=torch.float32),
         )
-        # solved on every second moving voxel first: the full grid then starts from there
-        coarse = targets[(..., *[slice(None, None, 2)] * 3)]
-        offset = solve_positions(deformable, coarse, iterations, tolerance) - coarse
-        half = identity_grid(moving.shape, dtype=torch.float32) / 2
-        initial = targets + sample(offset, half, padding="border")
-        positions = solve_positions(deformable, targets, iterations, tolerance, initial)
+        positions = solve_positions(deformable, targets, iterations, tolerance, coarse_start=True)
         to_moving = np.linalg.inv(moving.affine) @ fixed.affine
         moving_grid = identity_grid(moving.shape, dtype=torch.float32)
         return transform_positions(to_moving, positions) - moving_grid
