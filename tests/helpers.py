@@ -50,7 +50,8 @@ def smooth_image(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
 
 
 def write_l2r_dataset(folder, subjects: int = 5, shape=(24, 24, 24), val: int = 2):
-    """A tiny Learn2Reg dataset: blob images with 3 labels, each a deformed copy of subject 1.
+    """A tiny Learn2Reg dataset: blob images with 3 labels, each a deformed copy of subject 1
+    (3-D, or 2-D NIfTI files for a 2-D ``shape``).
 
     The last ``val`` subjects form the ``registration_val`` pairs (both orders).
     """
@@ -72,11 +73,13 @@ def write_l2r_dataset(folder, subjects: int = 5, shape=(24, 24, 24), val: int = 
     labels[((grid + 0.3) ** 2).sum(0) < 0.08] = 3
     base = torch.from_numpy(np.array([0.0, 0.5, 1.0, 0.2], np.float32)[labels])[None, None]
     base_labels = torch.from_numpy(labels.astype(np.float32))[None, None]
-    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine = np.eye(len(shape) + 1)
     names = []
     for i in range(1, subjects + 1):
         disp = (
-            integrate(smooth_field(shape, 2.0, seed=i), 7) if i > 1 else torch.zeros(1, 3, *shape)
+            integrate(smooth_field(shape, 2.0, seed=i), 7)
+            if i > 1
+            else torch.zeros(1, len(shape), *shape)
         )
         image = (warp(base, disp)[0, 0].numpy() * 1000).astype(np.float32)
         label = warp(base_labels, disp, mode="nearest")[0, 0].numpy().astype(np.int16)
@@ -114,11 +117,13 @@ def oblique_affine(spacing, angles, flips, origin) -> np.ndarray:
 
 
 def blob_volume(shape, seed=0) -> np.ndarray:
+    """Six Gaussian blobs in a 3-D (or 2-D) image of ``shape``, values 0-1000 float32."""
     rng = np.random.default_rng(seed)
+    ndim = len(shape)
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
     volume = np.zeros(shape)
     for _ in range(6):
-        center = rng.uniform(-0.6, 0.6, 3).reshape(3, 1, 1, 1)
+        center = rng.uniform(-0.6, 0.6, ndim).reshape(ndim, *[1] * ndim)
         volume += np.exp(-((grid - center) ** 2).sum(0) / 0.08)
     return (1000 * volume).astype(np.float32)
 

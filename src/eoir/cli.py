@@ -27,12 +27,15 @@ from eoir.errors import InputError, OptionError, reason
 from eoir.io import (
     FIELD_FORMATS,
     SPLITS,
+    TRANSFORM_SUFFIXES,
     WRITABLE_SUFFIXES,
     OutputSet,
     check_field_target,
+    check_image_target,
     read_field,
     read_image,
     read_labels,
+    read_transform,
 )
 from eoir.metrics import determinant_stats
 from eoir.nn import EOIR, count_multiply_adds, count_parameters
@@ -95,14 +98,15 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_options(args: argparse.Namespace) -> dict:
+def _register_options(args: argparse.Namespace, ndim: int = 3) -> dict:
     """The ``eoir.register`` options of the command line (single and batch alike).
 
-    ``--model`` defaults to the shipped ``brain-mri`` with ``--preset mri`` and to none (instance
-    optimisation alone) otherwise; ``args.model`` is set to the choice for the summary.
+    ``--model`` defaults to the shipped ``brain-mri`` for 3-D images with ``--preset mri`` and
+    to none (instance optimisation alone) otherwise (2-D images: no 2-D model is shipped);
+    ``args.model`` is set to the choice for the summary.
     """
     if args.model is None:
-        args.model = "brain-mri" if args.preset == "mri" else "none"
+        args.model = "brain-mri" if args.preset == "mri" and ndim == 3 else "none"
     return {
         "model": None if args.model == "none" else args.model,
         "optimize_steps": args.optimize_steps,
@@ -120,7 +124,7 @@ def _run_register_pairs(args: argparse.Namespace) -> int:
     from eoir.registration.batch import read_pairs, register_pairs
 
     single = [args.fixed, args.moving, args.warped, args.field, args.figure, args.json_path]
-    single.append(args.inverse_field)
+    single += [args.inverse_field, args.initial_transform, args.affine_out]
     if any(v is not None for v in single) or args.moving_labels or args.fixed_labels:
         raise InputError("--pairs takes the place of --fixed/--moving and their outputs")
     if args.out_dir is None:
@@ -133,13 +137,20 @@ def _run_register_pairs(args: argparse.Namespace) -> int:
                 failed = sum(row["status"] == "failed" for row in csv.DictReader(summary))
             code = 1 if failed else 0
         return code
+    jobs = read_pairs(args.pairs, args.split)
+    ndim = 3
+    if args.model is None and jobs:  # the default model follows the images' dimension
+        try:
+            ndim = read_image(jobs[0].fixed, "fixed image").ndim
+        except InputError:
+            pass  # that pair fails in its turn, with its own line
     rows = register_pairs(
-        read_pairs(args.pairs, args.split),
+        jobs,
         args.out_dir,
         field_format=args.field_format,
         overwrite=args.overwrite,
         skip_existing=args.skip_existing,
-        **_register_options(args),
+        **_register_options(args, ndim),
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -163,22 +174,35 @@ def _run_register(args: argparse.Namespace) -> int:
     if args.json_path is not None and not args.json_path.endswith(".json"):
         raise InputError(f"{args.json_path}: the --json output must end in .json")
     images = [args.warped, args.field, args.warped_labels, args.inverse_field]
-    if any(p is not None and p.endswith((".json", ".png")) for p in images):
-        raise InputError("image and field outputs must be .nii, .nii.gz, .mha or .nrrd")
+    for target in (args.warped, args.warped_labels):
+        if target is not None and not target.lower().endswith(WRITABLE_SUFFIXES):
+            raise InputError(
+                f"{target}: unsupported image output type; use one of "
+                f"{', '.join(WRITABLE_SUFFIXES)}"
+            )
     if args.figure is not None and not args.figure.endswith(".png"):
         raise InputError(f"{args.figure}: the --figure output must end in .png")
+    if args.affine_out is not None and not args.affine_out.lower().endswith(TRANSFORM_SUFFIXES):
+        raise InputError(
+            f"{args.affine_out}: the --affine-out transform is written as "
+            f"{', '.join(TRANSFORM_SUFFIXES)}"
+        )
     # check every output before any work, so a bad path fails at once and writes nothing
     outputs = OutputSet(
-        [*images, args.json_path, args.figure],
+        [*images, args.json_path, args.figure, args.affine_out],
         args.overwrite,
-        suffixes=(*WRITABLE_SUFFIXES, ".json", ".png"),
-        inputs=[args.fixed, args.moving, args.moving_labels, args.fixed_labels],
+        suffixes=(*WRITABLE_SUFFIXES, *TRANSFORM_SUFFIXES, ".json", ".png"),
+        inputs=[
+            args.fixed,
+            args.moving,
+            args.moving_labels,
+            args.fixed_labels,
+            args.initial_transform,
+        ],
     )
     for target in (args.field, args.inverse_field):
         if target is not None:
             check_field_target(target, args.field_format)
-    options = _register_options(args)
-    model = options["model"]
     if args.fixed_labels is not None and args.moving_labels is None:
         raise InputError("--fixed-labels needs --moving-labels to measure Dice")
     # every input read and checked before the registration runs
@@ -188,6 +212,18 @@ def _run_register(args: argparse.Namespace) -> int:
         labels = read_labels(args.moving_labels, moving, "moving labels")
     if args.fixed_labels is not None:
         fixed_labels = read_labels(args.fixed_labels, fixed, "fixed labels")
+    # and every output's format against what it will hold
+    for target in (args.field, args.inverse_field):
+        if target is not None:
+            check_field_target(target, args.field_format, fixed.ndim)
+    if args.warped is not None:
+        check_image_target(args.warped, fixed.ndim, moving.array.dtype, "warped image")
+    if labels is not None:
+        check_image_target(args.warped_labels, fixed.ndim, labels.array.dtype, "label map")
+    options = _register_options(args, fixed.ndim)
+    model = options["model"]
+    if args.initial_transform is not None:
+        options["initial_transform"] = read_transform(args.initial_transform, fixed.ndim)
     result = register(fixed, moving, **options)
     dice = None
     if fixed_labels is not None:
@@ -211,6 +247,7 @@ def _run_register(args: argparse.Namespace) -> int:
             "field": args.field,
             "warped_labels": args.warped_labels,
             "inverse_field": args.inverse_field,
+            "affine_out": args.affine_out,
         },
     }
     with outputs:
@@ -224,17 +261,20 @@ def _run_register(args: argparse.Namespace) -> int:
             args.figure,
             title=f"{args.moving} -> {args.fixed}",
             inverse_field=args.inverse_field,
+            affine_out=args.affine_out,
         )
         if args.json_path is not None:
             outputs.temp(args.json_path).write_text(json.dumps(summary, indent=2) + "\n")
     for message in result.info["warnings"]:  # after the outputs: a failure prints one line
         print(f"eoir register: warning: {message}", file=sys.stderr)
-    how = "affine + " if args.affine else ""
-    how += f"model {model}" if model else ""
+    stages = ["initial transform"] if args.initial_transform else []
+    stages += ["affine"] if args.affine else []
+    stages += [f"model {model}"] if model else []
     steps = result.info["optimize_steps"]
     if steps:
         target = "fine-tuning steps" if args.optimize_target == "weights" else "optimisation steps"
-        how += (" + " if model else "") + f"{steps} {target}"
+        stages.append(f"{steps} {target}")
+    how = " + ".join(stages) or "identity"
     line = f"registered {args.moving} -> {args.fixed} in {result.seconds:.1f} s ({how})"
     if dice is not None:
         line += f"; Dice {dice[0]:.3f} -> {dice[1]:.3f}"
@@ -247,6 +287,7 @@ def _run_apply(args: argparse.Namespace) -> int:
     outputs = OutputSet([args.out], args.overwrite, inputs=[args.field, args.moving])
     disp, grid = read_field(args.field)
     moving = read_image(args.moving, "moving image")
+    check_image_target(args.out, grid.ndim, moving.array.dtype, "warped image")
     warped = warp_image(moving, grid, disp, mode="nearest" if args.nearest else "bilinear")
     with outputs:
         outputs.write_image(args.out, warped, grid)
@@ -465,6 +506,16 @@ def build_parser() -> argparse.ArgumentParser:
         "model's weights (needs --model)",
     )
     reg.add_argument("--affine", action="store_true", help="align affinely first (SimpleITK)")
+    reg.add_argument(
+        "--initial-transform",
+        help="a starting alignment: an ITK transform (.tfm/.txt) or ANTs .mat mapping fixed to "
+        "moving (as antsApplyTransforms applies it); --affine starts from it, else it is used",
+    )
+    reg.add_argument(
+        "--affine-out",
+        help="output: the linear part (affine stage or --initial-transform) as an ITK "
+        "transform (.tfm/.txt) or ANTs .mat, for antsApplyTransforms, SimpleITK and 3D Slicer",
+    )
     reg.add_argument(
         "--preset",
         choices=list(PRESETS),

@@ -422,8 +422,10 @@ def solve_positions(
     its Jacobian ``J`` (central differences) sampled linearly, border values outside the grid,
     until no position moves by more than ``tolerance`` voxels or after ``iterations`` steps.
     Where ``I + J`` is singular (a fold) the step falls back to the fixed-point one
-    (``p <- targets - disp(p)``). Newton converges where ``id + disp`` is locally invertible,
-    also where the field stretches by more than 2 (the fixed-point iteration does not).
+    (``p <- targets - disp(p)``); no step is longer than the residual plus 2 voxels (near a
+    singular ``I + J`` a full step can run off the grid). Newton converges where
+    ``id + disp`` is locally invertible, also where the field stretches by more than 2 (the
+    fixed-point iteration does not).
 
     Parameters
     ----------
@@ -484,6 +486,12 @@ def _newton(
             matrix[:, k, k] += 1.0
         step, invertible = _solve_small(matrix, residual[None])
         step = torch.where(invertible, step, residual[None])[0]
+        # a trust region: near a singular I + J (a strong compression at the grid's edge, say)
+        # a full Newton step can leave for infinity; no step moves further than the residual
+        # is long plus 2 voxels
+        longest = residual.norm(dim=0) + 2.0
+        length = step.norm(dim=0)
+        step = step * torch.clamp(longest / length.clamp_min(1e-12), max=1.0)
         positions[:, active] -= step
         active = active[step.abs().amax(0) >= tolerance]
     return positions.reshape(targets.shape)

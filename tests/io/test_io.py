@@ -256,7 +256,7 @@ def test_output_set_is_all_or_nothing(tmp_path, geometry):
     with pytest.raises(InputError, match="does not exist"):
         OutputSet([tmp_path / "nope" / "x.nii.gz"])
     with pytest.raises(InputError, match="unsupported output type"):
-        OutputSet([tmp_path / "x.png"])
+        OutputSet([tmp_path / "x.txt"])
 
 
 def test_read_landmarks(tmp_path):

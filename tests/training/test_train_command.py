@@ -432,3 +432,27 @@ def test_evaluate_defaults_to_the_shipped_model_and_takes_a_pair_only_dataset(da
     result = run("train", "--dataset", pairs_only, "--out", tmp_path / "t", "--recipe",
                  "cpu-brain")  # fmt: skip
     assert result.returncode == 2 and "no training images" in result.stderr
+
+
+def test_a_2d_dataset_trains_registers_and_evaluates(tmp_path):
+    """2-D NIfTI files end to end: `eoir train` with model.ndim=2, then `eoir register` and
+    `eoir evaluate` with the trained 2-D checkpoint."""
+    data = write_l2r_dataset(tmp_path / "data2d", shape=(40, 36))
+    assert read_image(data.parent / "imagesTr" / "SYN_0001_0000.nii.gz").ndim == 2
+    run_dir = tmp_path / "run"
+    ran = run("train", "--dataset", data, "--out", run_dir, "--recipe", "cpu-brain",
+              *[a for s in [*TINY, "model.ndim=2", "data.downsample=2"] for a in ("--set", s)],
+              "--max-steps", "3", "--device", "cpu", "--quiet")  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    images, labels = data.parent / "imagesTr", data.parent / "labelsTr"
+    ran = run("register", "--fixed", images / "SYN_0004_0000.nii.gz",
+              "--moving", images / "SYN_0005_0000.nii.gz", "--model", run_dir / "best.pt",
+              "--fixed-labels", labels / "SYN_0004_0000.nii.gz",
+              "--moving-labels", labels / "SYN_0005_0000.nii.gz",
+              "--warped-labels", tmp_path / "wl.nii.gz", "--quiet")  # fmt: skip
+    assert ran.returncode == 0 and "Dice" in ran.stdout, ran.stderr
+    ran = run("evaluate", "--dataset", data, "--model", run_dir / "best.pt",
+              "--out", tmp_path / "ev.csv", "--device", "cpu", "--quiet")  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    rows = list(csv.DictReader(open(tmp_path / "ev.csv")))
+    assert len(rows) == 2 and all(0 < float(r["dice"]) <= 1 for r in rows)

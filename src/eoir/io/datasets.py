@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from eoir.errors import InputError, reason
-from eoir.io.images import NIFTI_SUFFIXES, check_labels, read_image
+from eoir.io.images import IMAGE_2D_SUFFIXES, NIFTI_SUFFIXES, check_labels, read_image
 from eoir.options import look_up_option
 
 __all__ = ["SPLITS", "DatasetSpec", "Split", "Subject", "load_dataset"]
@@ -42,7 +42,7 @@ class Subject:
     def name(self) -> str:
         """The file name without its image suffix (``OASISTRT_0013_0000``)."""
         name = self.image.name
-        for suffix in IMAGE_SUFFIXES:
+        for suffix in (*IMAGE_SUFFIXES, *IMAGE_2D_SUFFIXES):
             if name.lower().endswith(suffix):
                 return name[: -len(suffix)]
         return name

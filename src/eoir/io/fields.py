@@ -7,6 +7,10 @@
   ``.mha``/``.nrrd``, a 3-component vector image in LPS mm with the fixed geometry.
 - ``l2r``: Learn2Reg: NIfTI ``(X, Y, Z, 3)`` float32, voxel units, channels last.
 
+A 2-D field (of 2-D images) is an ITK 2-D displacement field: NIfTI ``(X, Y, 1, 1, 2)`` (how
+ANTs writes them; SimpleITK reads it as a 2-D image of 2-vectors) or a 2-component ``.mha``/
+``.nrrd``, LPS mm; Learn2Reg's format is 3-D only.
+
 Fields are written by :meth:`eoir.io.OutputSet.write_field`.
 """
 
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 
 from eoir.errors import InputError, reason
-from eoir.image import Image
+from eoir.image import Image, in_plane
 from eoir.io.images import NIFTI_SUFFIXES, _affine_from_sitk, _suffix
 from eoir.options import look_up_option
 from eoir.spatial import field_from_world
@@ -37,11 +41,19 @@ FIELD_FORMATS: dict[str, str] = {
 }
 
 
-def check_field_target(target: str | os.PathLike, field_format: FieldFormat) -> None:
-    """Raise :class:`InputError` if ``target`` cannot hold a field of ``field_format``."""
+def check_field_target(target: str | os.PathLike, field_format: FieldFormat, ndim: int = 3) -> None:
+    """Raise :class:`InputError` if ``target`` cannot hold an ``ndim``-D field of
+    ``field_format``."""
     look_up_option("field_format", field_format, FIELD_FORMATS)
-    if field_format == "l2r" and _suffix(target) not in NIFTI_SUFFIXES:
+    suffix = _suffix(target)
+    if suffix not in (*NIFTI_SUFFIXES, ".mha", ".mhd", ".nrrd", ".nhdr"):
+        raise InputError(f"{target}: a displacement field is written as .nii.gz, .mha or .nrrd")
+    if field_format == "l2r" and suffix not in NIFTI_SUFFIXES:
         raise InputError(f"{target}: the Learn2Reg field format is NIfTI (.nii.gz)")
+    if field_format == "l2r" and ndim != 3:
+        raise InputError(
+            f"{target}: the Learn2Reg field format is 3-D; a 2-D field is written as ITK's"
+        )
 
 
 def _nifti_vectors(disp: torch.Tensor, matrix: np.ndarray) -> np.ndarray:
@@ -50,26 +62,29 @@ def _nifti_vectors(disp: torch.Tensor, matrix: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     disp : torch.Tensor
-        ``(3, X, Y, Z)`` field.
+        ``(3, X, Y, Z)`` field (or ``(2, X, Y)``).
     matrix : numpy.ndarray
-        ``(3, 3)``, e.g. the fixed grid's voxel -> LPS mm directions times spacing.
+        ``(3, 3)`` (``(2, 2)``), e.g. the fixed grid's voxel -> LPS mm directions times
+        spacing.
 
     Returns
     -------
     numpy.ndarray
-        ``(X, Y, Z, 3)`` float32 in Fortran order (x fastest, the component slowest: NIfTI's
-        order on disk, so the writer copies it as it is); computed in float32 (within one unit
-        of the last place of a float64 product rounded to float32).
+        ``(X, Y, Z, 3)`` (``(X, Y, 2)``) float32 in Fortran order (x fastest, the component
+        slowest: NIfTI's order on disk, so the writer copies it as it is); computed in float32
+        (within one unit of the last place of a float64 product rounded to float32).
     """
-    source = disp.to(torch.float32).permute(0, 3, 2, 1)  # (3, Z, Y, X) view
+    ndim = disp.shape[0]
+    reverse = (0, *range(ndim, 0, -1))
+    source = disp.to(torch.float32).permute(*reverse)  # (3, Z, Y, X) view
     out = torch.empty(source.shape, dtype=torch.float32)
-    for c in range(3):
+    for c in range(ndim):
         terms = [(k, float(m)) for k, m in enumerate(matrix[c]) if m != 0] or [(0, 0.0)]
         (k, m), rest = terms[0], terms[1:]
         torch.mul(source[k], m, out=out[c])
         for k, m in rest:
             out[c].add_(source[k], alpha=m)
-    return out.numpy().transpose(3, 2, 1, 0)
+    return out.numpy().transpose(*range(ndim, -1, -1))
 
 
 def read_field(path: str | os.PathLike) -> tuple[torch.Tensor, Image]:
@@ -84,10 +99,14 @@ def read_field(path: str | os.PathLike) -> tuple[torch.Tensor, Image]:
     path : path
         The field file.
 
+    A 2-D ITK field (NIfTI ``(X, Y, 1, 1, 2)``, or a 2-D image of 2-vectors) is read as
+    a 2-D field on the in-plane grid (:func:`eoir.image.in_plane`).
+
     Returns
     -------
     disp : torch.Tensor
-        ``(1, 3, X, Y, Z)`` float32 displacement in voxel units of its grid.
+        ``(1, 3, X, Y, Z)`` (or ``(1, 2, X, Y)``) float32 displacement in voxel units of its
+        grid.
     grid : Image
         The field's grid (a zero array with the geometry and header), i.e. the fixed image's.
     """
@@ -103,19 +122,31 @@ def read_field(path: str | os.PathLike) -> tuple[torch.Tensor, Image]:
             affine = np.asarray(nifti.affine, dtype=float)
             header = nifti.header.copy()
             itk = data.ndim == 5
-            if itk and data.shape[3:] != (1, 3):
-                raise InputError(f"{p}: 5-D field must be (X, Y, Z, 1, 3), got {data.shape}")
-            if not itk and (data.ndim != 4 or data.shape[3] != 3):
+            if itk and data.shape[3:] == (1, 2) and data.shape[2] == 1:  # a 2-D ITK field
+                affine = in_plane(affine)
+                vectors = data[:, :, 0, 0, :]
+            elif itk and data.shape[3:] != (1, 3):
+                raise InputError(
+                    f"{p}: 5-D field must be (X, Y, Z, 1, 3) (or 2-D (X, Y, 1, 1, 2)), got "
+                    f"{data.shape}"
+                )
+            elif not itk and (data.ndim != 4 or data.shape[3] != 3):
                 raise InputError(
                     f"{p}: not a displacement field (need (X, Y, Z, 1, 3) ITK or (X, Y, Z, 3) "
                     f"Learn2Reg), got {data.shape}"
                 )
-            vectors = data[:, :, :, 0, :] if itk else data
+            else:
+                vectors = data[:, :, :, 0, :] if itk else data
         else:
             image = sitk.ReadImage(str(p))
-            if image.GetNumberOfComponentsPerPixel() != 3 or image.GetDimension() != 3:
-                raise InputError(f"{p}: not a 3-D displacement field (3 components per voxel)")
-            vectors = np.moveaxis(sitk.GetArrayFromImage(image), (0, 1, 2), (2, 1, 0))
+            ndim = image.GetDimension()
+            if image.GetNumberOfComponentsPerPixel() != ndim or ndim not in (2, 3):
+                raise InputError(
+                    f"{p}: not a displacement field (a 3-D image of 3-vectors or a 2-D image of "
+                    "2-vectors)"
+                )
+            axes = tuple(range(ndim))
+            vectors = np.moveaxis(sitk.GetArrayFromImage(image), axes, axes[::-1])
             affine, header, itk = _affine_from_sitk(image), None, True
     except InputError:
         raise

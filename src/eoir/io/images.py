@@ -5,6 +5,11 @@ Every image is held as an :class:`~eoir.image.Image`: an array in voxel-index or
 with nibabel; every other format SimpleITK reads (``.mha``, ``.mhd``, ``.nrrd``, a DICOM series
 folder, ...) with SimpleITK, converted to the same convention (ITK's LPS geometry becomes RAS;
 ITK's ``(z, y, x)`` arrays become ``(x, y, z)``, which is ITK's index order).
+
+2-D images (:data:`IMAGE_2D_SUFFIXES`: PNG, JPEG, TIFF, BMP; a 2-D NIfTI; a 3-D file with one
+slice) are held as ``(X, Y)`` arrays, ``X`` along the image's columns as ITK orders them, with
+the ``(3, 3)`` in-plane affine (:func:`eoir.image.in_plane`); colour pixels become grey
+(ITU-R BT.601 luma, ITK's weights; an alpha channel is dropped).
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ import nibabel as nib
 import numpy as np
 
 from eoir.errors import InputError, reason
-from eoir.image import Image
+from eoir.image import Image, in_plane
 from eoir.spatial import lps_affine
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
 __all__ = [
+    "IMAGE_2D_SUFFIXES",
     "NIFTI_SUFFIXES",
     "ImageLike",
     "as_image",
@@ -42,6 +48,10 @@ __all__ = [
 
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# formats that hold 2-D pictures (read and written with SimpleITK)
+IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# luma weights of red, green and blue (ITU-R BT.601, as ITK's RGBToLuminance)
+_LUMA = (0.299, 0.587, 0.114)
 
 
 ImageLike = Image | str | os.PathLike | np.ndarray
@@ -53,21 +63,23 @@ def _suffix(path: str | os.PathLike) -> str:
 
 
 def _affine_from_sitk(image: sitk.Image) -> np.ndarray:
+    """The voxel -> RAS affine of a SimpleITK image: ``(4, 4)`` in 3-D, ``(3, 3)`` in 2-D."""
     ndim = image.GetDimension()
     direction = np.array(image.GetDirection(), dtype=float).reshape(ndim, ndim)
-    affine = np.eye(4)
+    affine = np.eye(ndim + 1)
     affine[:ndim, :ndim] = direction @ np.diag(image.GetSpacing())
-    affine[:ndim, 3] = image.GetOrigin()
+    affine[:ndim, ndim] = image.GetOrigin()
     return lps_affine(affine)  # LPS -> RAS (the flip is its own inverse)
 
 
 def _sitk_geometry(affine: np.ndarray) -> tuple[list[float], list[float], list[float]]:
-    """Spacing, origin and direction (LPS) of a voxel -> RAS affine."""
+    """Spacing, origin and direction (LPS) of a voxel -> RAS affine (3-D or 2-D)."""
     lps = lps_affine(affine)
-    linear = lps[:3, :3]
+    ndim = lps.shape[0] - 1
+    linear = lps[:ndim, :ndim]
     spacing = np.linalg.norm(linear, axis=0)
     direction = linear / spacing
-    return spacing.tolist(), lps[:3, 3].tolist(), direction.ravel().tolist()
+    return spacing.tolist(), lps[:ndim, ndim].tolist(), direction.ravel().tolist()
 
 
 @contextlib.contextmanager
@@ -108,13 +120,22 @@ def _read_sitk(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
             itemsize = _SITK_BYTES.get(bytes_per.split()[-1], 8) * info.GetNumberOfComponents()
             _check_size(path, what, size, itemsize, None, None)
             image = sitk.ReadImage(str(path))
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(
-            f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-            "give a scalar image"
-        )
-    array = sitk.GetArrayFromImage(image)  # (z, y, x)
+    components = image.GetNumberOfComponentsPerPixel()
+    array = sitk.GetArrayFromImage(image)  # (z, y, x[, c])
+    if components != 1:
+        if image.GetDimension() != 2 or components not in (3, 4):
+            raise InputError(f"{path}: has {components} components per voxel; give a scalar image")
+        array = _grey(array[..., :3])
     return np.ascontiguousarray(array.transpose()), _affine_from_sitk(image)
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    """Luma of ``(..., 3)`` colour pixels, in their integer type when they have one."""
+    luma = rgb.astype(np.float32) @ np.asarray(_LUMA, dtype=np.float32)
+    if np.issubdtype(rgb.dtype, np.integer):
+        info = np.iinfo(rgb.dtype)
+        return np.clip(np.rint(luma), info.min, info.max).astype(rgb.dtype)
+    return luma.astype(rgb.dtype, copy=False)
 
 
 # bytes per voxel of SimpleITK's pixel types, by the last word of their names
@@ -189,11 +210,12 @@ def _check_size(
 def _check_geometry(path: Path, what: str, affine: np.ndarray, header=None) -> None:
     """Refuse a voxel -> world matrix that maps no volume: non-finite, a zero or singular
     spacing (NIfTI: also a zero ``pixdim`` that nibabel would silently take as 1 mm)."""
-    linear = affine[:3, :3]
+    ndim = affine.shape[0] - 1
+    linear = affine[:ndim, :ndim]
     if not np.isfinite(affine).all():
         raise InputError(f"{path}: {what} has NaN or infinite values in its voxel -> world matrix")
     if header is not None and int(header.get("sform_code", 0)) == 0:
-        pixdim = np.asarray(header["pixdim"][1:4], dtype=float)
+        pixdim = np.asarray(header["pixdim"][1 : 1 + ndim], dtype=float)
         if not (np.isfinite(pixdim) & (pixdim != 0)).all():
             raise InputError(
                 f"{path}: {what} has voxel spacing {tuple(float(v) for v in pixdim)} in its "
@@ -236,31 +258,39 @@ def _read_nifti(path: Path, what: str):
         _suffix(path) == ".nii.gz",
     )
     affine = np.asarray(nifti.affine, dtype=float)
+    shape = list(raw.get_data_shape())
+    while len(shape) > 3 and shape[-1] == 1:
+        shape.pop()
+    if len(shape) == 2 or (len(shape) == 3 and shape[2] == 1):  # 2-D: its in-plane geometry
+        affine = in_plane(affine)
     _check_geometry(path, what, affine, raw)
     return np.asanyarray(nifti.dataobj), affine, header.copy()
 
 
 def read_image(path: str | os.PathLike, what: str = "image") -> Image:
-    """Read a 3-D scalar image with its geometry.
+    """Read a 3-D or 2-D scalar image with its geometry.
 
     Parameters
     ----------
     path : str or PathLike
-        A NIfTI file, any file SimpleITK reads, or a folder with one DICOM series.
+        A NIfTI file, any file SimpleITK reads (PNG, JPEG and TIFF pictures included), or a
+        folder with one DICOM series. A 3-D file with one slice is read as a 2-D image; colour
+        pictures as grey.
     what : str
         What the file is for, used in error messages ("fixed image", "moving labels", ...).
 
     Returns
     -------
     Image
-        Array in its stored dtype (NIfTI scaling applied), RAS affine.
+        Array in its stored dtype (NIfTI scaling applied), RAS affine (``(4, 4)``, or the
+        ``(3, 3)`` in-plane one of a 2-D image).
 
     Raises
     ------
     InputError
-        Missing or unreadable file, not 3-D, non-scalar voxels; a header whose voxel count the
-        file (or the available memory) cannot hold, checked before any voxel is read; a
-        voxel -> world matrix with NaN, zero spacing or singular axes.
+        Missing or unreadable file, neither 3-D nor 2-D, non-scalar voxels; a header whose
+        voxel count the file (or the available memory) cannot hold, checked before any voxel is
+        read; a voxel -> world matrix with NaN, zero spacing or singular axes.
 
     Examples
     --------
@@ -297,12 +327,18 @@ def read_image(path: str | os.PathLike, what: str = "image") -> Image:
         raise InputError(f"{p}: cannot read {what} ({reason(err)})") from None
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
+    if array.ndim == 3 and array.shape[2] == 1:  # one slice: a 2-D image
+        array = array[..., 0]
+    if affine.shape == (4, 4) and array.ndim == 2:
+        affine = in_plane(affine)
     if array.ndim == 4:
         raise InputError(
             f"{p}: {what} is 4-D {array.shape}; give one 3-D volume (e.g. one time point)"
         )
-    if array.ndim != 3:
-        raise InputError(f"{p}: {what} is {array.ndim}-D {array.shape}; a 3-D volume is needed")
+    if array.ndim not in (2, 3):
+        raise InputError(
+            f"{p}: {what} is {array.ndim}-D {array.shape}; a 3-D volume or a 2-D image is needed"
+        )
     if min(array.shape) < 2:
         raise InputError(f"{p}: {what} has shape {array.shape}; every axis needs 2 or more voxels")
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
@@ -372,8 +408,8 @@ def as_sitk_image(array: np.ndarray, reference: Image, vector: bool = False) -> 
     Parameters
     ----------
     array : numpy.ndarray
-        ``(X, Y, Z)`` scalars, or ``(X, Y, Z, C)`` vectors with ``vector=True``, on the
-        reference grid.
+        ``(X, Y, Z)`` (or ``(X, Y)``) scalars, or ``(X, Y, Z, C)`` (``(X, Y, C)``) vectors
+        with ``vector=True``, on the reference grid.
     reference : Image
         The grid.
     vector : bool
@@ -385,7 +421,8 @@ def as_sitk_image(array: np.ndarray, reference: Image, vector: bool = False) -> 
     """
     import SimpleITK as sitk  # imported on use: slow to import
 
-    data = np.moveaxis(array, (0, 1, 2), (2, 1, 0)) if vector else array.transpose()
+    axes = tuple(range(reference.ndim))
+    data = np.moveaxis(array, axes, axes[::-1]) if vector else array.transpose()
     image = sitk.GetImageFromArray(np.ascontiguousarray(data), isVector=vector)
     spacing, origin, direction = _sitk_geometry(reference.affine)
     image.SetSpacing(spacing)
@@ -401,9 +438,9 @@ def as_image(source: ImageLike, affine: np.ndarray | None = None, what: str = "i
     ----------
     source : path, Image or numpy.ndarray
         A file (read with :func:`read_image`), an Image (returned as it is) or an ``(X, Y, Z)``
-        array.
+        (or 2-D ``(X, Y)``) array.
     affine : numpy.ndarray, optional
-        ``(4, 4)`` voxel -> RAS mm matrix of an array (identity if None).
+        ``(ndim+1, ndim+1)`` voxel -> RAS mm matrix of an array (identity if None).
     what : str
         What the image is for, used in error messages.
 
@@ -414,9 +451,16 @@ def as_image(source: ImageLike, affine: np.ndarray | None = None, what: str = "i
     if isinstance(source, Image):
         return source
     if isinstance(source, np.ndarray):
-        if source.ndim != 3:
+        if source.ndim not in (2, 3):
             raise InputError(
-                f"{what}: array is {source.ndim}-D {source.shape}; a 3-D volume is needed"
+                f"{what}: array is {source.ndim}-D {source.shape}; a 3-D volume or a 2-D image "
+                "is needed"
             )
-        return Image(source, np.eye(4) if affine is None else np.asarray(affine, float), what)
+        n = source.ndim + 1
+        matrix = np.eye(n) if affine is None else np.asarray(affine, float)
+        if matrix.shape != (n, n):
+            raise InputError(
+                f"{what}: a {source.ndim}-D array needs a {n}x{n} affine, got {matrix.shape}"
+            )
+        return Image(source, matrix, what)
     return read_image(source, what)

@@ -18,22 +18,60 @@ import numpy as np
 import torch
 
 from eoir.errors import InputError
-from eoir.image import Image
+from eoir.image import Image, embedded, in_plane
 from eoir.io.fields import FieldFormat, _nifti_vectors, check_field_target
 from eoir.io.gzip_stream import GzipStream
-from eoir.io.images import NIFTI_SUFFIXES, _suffix, as_sitk_image
+from eoir.io.images import IMAGE_2D_SUFFIXES, NIFTI_SUFFIXES, _suffix, as_sitk_image
+from eoir.io.transforms import TRANSFORM_SUFFIXES, transform_to_sitk
 from eoir.spatial import field_to_world, lps_affine
 
 __all__ = [
+    "PICTURE_DTYPES",
     "WRITABLE_SUFFIXES",
     "OutputSet",
+    "check_image_target",
     "remove_stale_temps",
     "write_field",
     "write_image",
 ]
 
 
-WRITABLE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd")
+WRITABLE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd", *IMAGE_2D_SUFFIXES)
+
+# what each picture format stores (2-D only); TIFF stores any real scalar type
+PICTURE_DTYPES: dict[str, tuple[str, ...]] = {
+    ".png": ("uint8", "uint16"),
+    ".jpg": ("uint8",),
+    ".jpeg": ("uint8",),
+    ".bmp": ("uint8",),
+}
+
+
+def check_image_target(
+    target: str | os.PathLike, ndim: int, dtype: np.dtype, what: str = "output"
+) -> None:
+    """Raise :class:`InputError` unless ``target``'s format can hold an image of ``ndim``
+    spatial axes and ``dtype`` (checked before any work, so that nothing is computed for an
+    output that cannot be written).
+
+    Picture formats (PNG, JPEG, TIFF, BMP) hold 2-D images only; PNG holds 8- and 16-bit
+    unsigned integers, JPEG and BMP 8-bit ones (a warped image keeps the moving image's type).
+    """
+    suffix = _suffix(target)
+    if suffix not in IMAGE_2D_SUFFIXES:
+        return
+    if ndim != 2:
+        raise InputError(
+            f"{target}: a {suffix} file holds 2-D images; the {what} is {ndim}-D: write "
+            ".nii.gz, .mha or .nrrd"
+        )
+    allowed = PICTURE_DTYPES.get(suffix)
+    name = np.dtype(dtype).name
+    if allowed is not None and name not in allowed:
+        raise InputError(
+            f"{target}: a {suffix} file holds {' or '.join(allowed)} pixels; the {what} is "
+            f"{name}: write .tif, .nii.gz or .mha"
+        )
 
 
 class OutputSet:
@@ -123,14 +161,16 @@ class OutputSet:
         Parameters
         ----------
         target : path
-            A declared output: ``.nii``, ``.nii.gz``, ``.mha`` or ``.nrrd``.
+            A declared output: ``.nii``, ``.nii.gz``, ``.mha``, ``.nrrd``, or for 2-D images a
+            picture (:func:`check_image_target`).
         array : numpy.ndarray
-            ``(X, Y, Z)`` on the reference grid, in the dtype to store.
+            ``(X, Y, Z)`` (or ``(X, Y)``) on the reference grid, in the dtype to store.
         reference : Image
             The grid (normally the fixed image): its affine and, for NIfTI, its header.
         """
         if tuple(array.shape) != reference.shape:
             raise ValueError(f"array {array.shape} is not on the reference grid {reference.shape}")
+        check_image_target(target, array.ndim, array.dtype)
         path = self.temp(target)
         if _suffix(path) in NIFTI_SUFFIXES:
             _save_nifti(path, array, reference)
@@ -152,28 +192,52 @@ class OutputSet:
             A declared output (formats: :mod:`eoir.io.fields`).
         disp : torch.Tensor or numpy.ndarray
             ``(3, X, Y, Z)`` or ``(1, 3, X, Y, Z)`` displacement in voxel units of the
-            reference (fixed) grid, :mod:`eoir.spatial` convention.
+            reference (fixed) grid, :mod:`eoir.spatial` convention (in 2-D ``(1, 2, X, Y)``:
+            an ITK 2-D field, NIfTI ``(X, Y, 1, 1, 2)``).
         reference : Image
             The fixed image.
         field_format : {"itk", "l2r"}
             ITK/ANTs world field (LPS mm) or Learn2Reg voxel field.
         """
+        ndim = reference.ndim
         d = torch.as_tensor(disp).detach().cpu()
-        if d.dim() == 4:
+        if d.dim() == ndim + 1:
             d = d.unsqueeze(0)
-        if tuple(d.shape[1:]) != (3, *reference.shape):
-            raise ValueError(f"field {tuple(d.shape)} is not a 3-D field on grid {reference.shape}")
-        check_field_target(target, field_format)
+        if tuple(d.shape[1:]) != (ndim, *reference.shape):
+            raise ValueError(
+                f"field {tuple(d.shape)} is not a {ndim}-D field on grid {reference.shape}"
+            )
+        check_field_target(target, field_format, ndim)
         path = self.temp(target)
         if _suffix(path) in NIFTI_SUFFIXES:
-            matrix = np.eye(3) if field_format == "l2r" else lps_affine(reference.affine)[:3, :3]
-            data = _nifti_vectors(d[0], matrix)  # (X, Y, Z, 3)
-            if field_format == "itk":
-                data = data[:, :, :, None, :]  # (X, Y, Z, 1, 3)
+            if field_format == "l2r":
+                matrix = np.eye(ndim)
+            else:
+                matrix = lps_affine(reference.affine)[:ndim, :ndim]
+            data = _nifti_vectors(d[0], matrix)  # (X, Y, Z, 3) or (X, Y, 2)
+            if field_format == "itk":  # (X, Y, Z, 1, 3), or (X, Y, 1, 1, 2) in 2-D
+                data = data[:, :, :, None, :] if ndim == 3 else data[:, :, None, None, :]
             _save_nifti(path, data, reference, intent="vector")
             return
         lps = field_to_world(d.double(), reference.affine, frame="lps")[0]
         _save_sitk(path, np.moveaxis(lps.numpy().astype(np.float32), 0, -1), reference, vector=True)
+
+    def write_transform(self, target: str | os.PathLike, world: np.ndarray) -> None:
+        """Write a linear alignment as an ITK transform file to ``target``'s temporary file.
+
+        Parameters
+        ----------
+        target : path
+            A declared output: ``.tfm``/``.txt`` (ITK text) or ``.mat`` (ANTs).
+        world : numpy.ndarray
+            ``(ndim+1, ndim+1)`` fixed RAS world -> moving RAS world (mm)
+            (:mod:`eoir.io.transforms`).
+        """
+        import SimpleITK as sitk  # imported on use: slow to import
+
+        if _suffix(target) not in TRANSFORM_SUFFIXES:
+            raise InputError(f"{target}: a transform is written as {', '.join(TRANSFORM_SUFFIXES)}")
+        sitk.WriteTransform(transform_to_sitk(world), str(self.temp(target)))
 
     def __enter__(self) -> OutputSet:
         return self
@@ -265,14 +329,28 @@ def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _nifti_affine(reference: Image) -> np.ndarray:
+    """The ``(4, 4)`` affine a NIfTI output on ``reference``'s grid stores: a 2-D grid's
+    header's own one when it agrees with the in-plane geometry (the slice keeps its place in
+    3-D space), else the in-plane one with a unit third axis."""
+    if reference.ndim == 3:
+        return reference.affine
+    if reference.header is not None:
+        full = np.asarray(reference.header.get_best_affine(), dtype=float)
+        if np.allclose(in_plane(full), reference.affine, atol=1e-4):
+            return full
+    return embedded(reference.affine)
+
+
 def _save_nifti(path: Path, data: np.ndarray, reference: Image, intent: str | None = None):
     header = reference.header.copy() if reference.header is not None else None
-    image = nib.Nifti1Image(data, reference.affine, header=header)
+    affine = _nifti_affine(reference)
+    image = nib.Nifti1Image(data, affine, header=header)
     image.set_data_dtype(data.dtype)
     sform_code = int(header["sform_code"]) if header is not None else 0
     qform_code = int(header["qform_code"]) if header is not None else 0
-    image.set_sform(reference.affine, code=sform_code or 1)
-    image.set_qform(reference.affine, code=qform_code or 1)
+    image.set_sform(affine, code=sform_code or 1)
+    image.set_qform(affine, code=qform_code or 1)
     image.header.set_slope_inter(1.0, 0.0)
     image.header.set_xyzt_units("mm")
     if intent is not None:

@@ -11,6 +11,7 @@ from eoir.losses.filters import box_filter, gaussian_blur, pyramid
 from eoir.losses.labels import dice_loss, one_hot
 from eoir.losses.multilevel import multilevel_loss
 from eoir.losses.similarity import (
+    NCC_EPS,
     SIMILARITIES,
     Similarity,
     mind_loss,
@@ -22,6 +23,7 @@ from eoir.losses.similarity import (
 from eoir.losses.smoothness import PENALTIES, Penalty, gradient_loss
 
 __all__ = [
+    "NCC_EPS",
     "PENALTIES",
     "SIMILARITIES",
     "Penalty",

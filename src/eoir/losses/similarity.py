@@ -22,6 +22,7 @@ from eoir.losses.filters import box_filter
 from eoir.options import look_up_option
 
 __all__ = [
+    "NCC_EPS",
     "SIMILARITIES",
     "Similarity",
     "mind_loss",
@@ -32,10 +33,15 @@ __all__ = [
 ]
 
 
-def ncc_loss(warped: torch.Tensor, fixed: torch.Tensor, window: int = 9) -> torch.Tensor:
+NCC_EPS = 1e-5  # NCC's stabiliser in training (VoxelMorph's and EOIR's)
+
+
+def ncc_loss(
+    warped: torch.Tensor, fixed: torch.Tensor, window: int = 9, eps: float = NCC_EPS
+) -> torch.Tensor:
     """Local (windowed) normalised cross-correlation loss, ``1 - mean(cc)``.
 
-    ``cc = cov^2 / (var_w var_f + 1e-5)`` with window sums (VoxelMorph/EOIR form), so
+    ``cc = cov^2 / (var_w var_f + eps)`` with window sums (VoxelMorph/EOIR form), so
     ``cc`` is in [0, 1] and the loss is 0 for images that match up to a local affine intensity map.
 
     Parameters
@@ -44,6 +50,12 @@ def ncc_loss(warped: torch.Tensor, fixed: torch.Tensor, window: int = 9) -> torc
         ``(B, 1, *spatial)`` images.
     window : int
         Window side in voxels (odd; EOIR uses 9, 5, 3 from fine to coarse).
+    eps : float
+        Stabiliser of the denominator. Where the variance product of low-contrast regions
+        (smooth images in [0, 1], small windows, 2-D) is not far above it, ``cc`` grows with
+        local contrast rather than with correlation, and an optimiser gains by sharpening the
+        warped image there instead of aligning it; instance optimisation therefore uses a far
+        smaller one (``benchmarks/ncc_eps.py``).
 
     Returns
     -------
@@ -62,7 +74,7 @@ def ncc_loss(warped: torch.Tensor, fixed: torch.Tensor, window: int = 9) -> torc
     cross = n * (mean_ab - mean_a * mean_b)
     var_a = n * (mean_aa - mean_a * mean_a)
     var_b = n * (mean_bb - mean_b * mean_b)
-    cc = cross * cross / (var_a * var_b + 1e-5)
+    cc = cross * cross / (var_a * var_b + eps)
     return 1.0 - cc.mean()
 
 
@@ -146,7 +158,11 @@ Similarity = Literal["ncc", "mse", "mind"]
 
 
 def similarity_loss(
-    similarity: Similarity, warped: torch.Tensor, fixed: torch.Tensor, window: int = 9
+    similarity: Similarity,
+    warped: torch.Tensor,
+    fixed: torch.Tensor,
+    window: int = 9,
+    eps: float = NCC_EPS,
 ) -> torch.Tensor:
     """The image term named by ``similarity`` (a key of :data:`SIMILARITIES`).
 
@@ -158,18 +174,20 @@ def similarity_loss(
         ``(B, 1, *spatial)`` images.
     window : int
         NCC window side in voxels (ignored by the others).
+    eps : float
+        NCC's stabiliser (:func:`ncc_loss`; ignored by the others).
 
     Returns
     -------
     torch.Tensor
         Scalar loss to minimise.
     """
-    return look_up_option("similarity", similarity, SIMILARITIES)(warped, fixed, window)
+    return look_up_option("similarity", similarity, SIMILARITIES)(warped, fixed, window, eps)
 
 
-# similarity name -> loss(warped, fixed, window)
-SIMILARITIES: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+# similarity name -> loss(warped, fixed, window, eps)
+SIMILARITIES: dict[str, Callable[[torch.Tensor, torch.Tensor, int, float], torch.Tensor]] = {
     "ncc": ncc_loss,
-    "mse": lambda warped, fixed, window: mse_loss(warped, fixed),
-    "mind": lambda warped, fixed, window: mind_loss(warped, fixed),
+    "mse": lambda warped, fixed, window, eps: mse_loss(warped, fixed),
+    "mind": lambda warped, fixed, window, eps: mind_loss(warped, fixed),
 }

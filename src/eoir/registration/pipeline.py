@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from eoir.errors import InputError, OptionError
 from eoir.image import Image
-from eoir.io import ImageLike, as_image
+from eoir.io import ImageLike, as_image, read_transform
 from eoir.nn import load_model
 from eoir.options import PRECISIONS, Precision, look_up_option, non_negative, positive
 from eoir.progress import ProgressLike, progress_for
@@ -100,6 +100,9 @@ class Settings:
         Extra keyword arguments of :func:`eoir.registration.instance.optimise_field`.
     progress : bool or callable
         Show the affine stage's and the refinement's progress (:mod:`eoir.progress`).
+    initial : numpy.ndarray or None
+        A given alignment, fixed RAS world -> moving RAS world: the start of the affine stage,
+        or the alignment itself without one.
     """
 
     preset: Preset = "mri"
@@ -111,6 +114,7 @@ class Settings:
     device: str | torch.device = "auto"
     optimize_options: dict[str, Any] = field(default_factory=dict)
     progress: ProgressLike = True
+    initial: np.ndarray | None = None
 
 
 @dataclass
@@ -122,7 +126,8 @@ class Pair:
     fixed, moving : Image
         The images as read (any grids).
     fixed_values, moving_values : numpy.ndarray
-        ``(X, Y, Z)`` float32 normalised intensities, each on its own image's grid.
+        ``(X, Y, Z)`` (or ``(X, Y)``) float32 normalised intensities, each on its own image's
+        grid.
     """
 
     fixed: Image
@@ -230,12 +235,19 @@ def align(pair: Pair, settings: Settings) -> np.ndarray | None:
     Returns
     -------
     numpy.ndarray or None
-        ``(4, 4)`` fixed RAS world -> moving RAS world (mm), or None without ``affine``.
+        ``(ndim+1, ndim+1)`` fixed RAS world -> moving RAS world (mm): the affine stage's
+        result (started from ``settings.initial`` when given), else ``settings.initial`` (None
+        without either).
     """
     if not settings.affine:
-        return None
+        return settings.initial
     return affine_align(
-        pair.fixed, pair.moving, pair.fixed_values, pair.moving_values, progress=settings.progress
+        pair.fixed,
+        pair.moving,
+        pair.fixed_values,
+        pair.moving_values,
+        progress=settings.progress,
+        initial=settings.initial,
     )
 
 
@@ -246,12 +258,13 @@ def check_overlap(pair: Pair, world: np.ndarray | None, settings: Settings) -> N
     bounding box misses the fixed grid, registering would sample nothing but zeros.
     """
     moving, fixed = pair.moving, pair.fixed
+    ndim = fixed.ndim
     corners = np.array(np.meshgrid(*[(-0.5, n - 0.5) for n in moving.shape], indexing="ij"))
-    points = np.vstack([corners.reshape(3, -1), np.ones((1, 8))])
+    points = np.vstack([corners.reshape(ndim, -1), np.ones((1, 2**ndim))])
     to_fixed = np.linalg.inv(fixed.affine) @ (
-        np.linalg.inv(world) if world is not None else np.eye(4)
+        np.linalg.inv(world) if world is not None else np.eye(ndim + 1)
     )
-    inside = (to_fixed @ moving.affine @ points)[:3]
+    inside = (to_fixed @ moving.affine @ points)[:ndim]
     low, high = inside.min(axis=1), inside.max(axis=1)
     if (high < -0.5).any() or (low > np.array(fixed.shape) - 0.5).any():
         gap = float(np.linalg.norm(_centre(fixed) - _centre(moving)))
@@ -264,6 +277,21 @@ def check_overlap(pair: Pair, world: np.ndarray | None, settings: Settings) -> N
         raise InputError(message + ", or align them first", switches=("affine",))
 
 
+def _initial(source: str | os.PathLike | np.ndarray | None, ndim: int) -> np.ndarray | None:
+    """A starting alignment as a fixed -> moving RAS world matrix (read from a file)."""
+    if source is None:
+        return None
+    if isinstance(source, str | os.PathLike):
+        return read_transform(source, ndim)
+    matrix = np.asarray(source, dtype=float)
+    if matrix.shape != (ndim + 1, ndim + 1) or not np.isfinite(matrix).all():
+        raise InputError(
+            f"initial transform: a {ndim}-D alignment is a finite {ndim + 1}x{ndim + 1} matrix, "
+            f"got shape {matrix.shape}"
+        )
+    return matrix
+
+
 def _centre(image: Image) -> np.ndarray:
     return (image.affine @ np.append((np.array(image.shape) - 1) / 2, 1.0))[:3]
 
@@ -272,7 +300,7 @@ def sample_pair(pair: Pair, world: np.ndarray | None, settings: Settings) -> Wor
     """Both normalised images on the fixed grid at the working resolution.
 
     The moving image is sampled once from its own grid through ``world``; at ``downsample > 1``
-    both are resized (trilinear) to ``ceil(n / downsample)`` voxels per axis, at least 8.
+    both are resized (linearly) to ``ceil(n / downsample)`` voxels per axis, at least 8.
     """
     fixed = torch.from_numpy(pair.fixed_values)[None, None].to(settings.device)
     moving = to_fixed_grid(pair.moving, pair.fixed, world=world, values=pair.moving_values)
@@ -281,8 +309,9 @@ def sample_pair(pair: Pair, world: np.ndarray | None, settings: Settings) -> Wor
     if settings.downsample > 1:
         work = tuple(max(8, -(-n // settings.downsample)) for n in shape)
         if work != shape:
-            fixed = F.interpolate(fixed, size=work, mode="trilinear", align_corners=True)
-            moving = F.interpolate(moving, size=work, mode="trilinear", align_corners=True)
+            mode = "trilinear" if len(shape) == 3 else "bilinear"
+            fixed = F.interpolate(fixed, size=work, mode=mode, align_corners=True)
+            moving = F.interpolate(moving, size=work, mode=mode, align_corners=True)
     return WorkPair(fixed, moving)
 
 
@@ -292,7 +321,7 @@ def predict(work: WorkPair, net: torch.nn.Module | None, settings: Settings) -> 
     Returns
     -------
     torch.Tensor or None
-        ``(1, 3, *work.shape)`` float32 displacement in working-grid voxels; None without a
+        ``(1, ndim, *work.shape)`` float32 displacement in working-grid voxels; None without a
         network, or when the network's weights are to be fine-tuned instead (:func:`refine`).
     """
     if net is None or (settings.optimize_target == "weights" and settings.optimize_steps > 0):
@@ -315,7 +344,7 @@ def refine(
     Returns
     -------
     torch.Tensor or None
-        ``(1, 3, *work.shape)`` displacement in working-grid voxels; ``disp`` itself when there
+        ``(1, ndim, *work.shape)`` displacement in working-grid voxels; ``disp`` itself when there
         are no steps.
     """
     steps = settings.optimize_steps
@@ -356,7 +385,7 @@ def finish(
         The field holds NaN or infinite values (a broken model, say): never a written file.
     """
     if disp is None:
-        disp = work.fixed.new_zeros(1, 3, *work.shape)
+        disp = work.fixed.new_zeros(1, len(work.shape), *work.shape)
     disp = resize_field(disp.detach().float().cpu(), pair.fixed.shape)
     total = total_field(pair.fixed, disp, world)
     if not torch.isfinite(total).all():
@@ -383,18 +412,21 @@ def register(
     optimize_options: dict[str, Any] | None = None,
     precision: Precision = "float32",
     progress: ProgressLike = True,
+    initial_transform: str | os.PathLike | np.ndarray | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed``.
 
     Parameters
     ----------
     fixed, moving : path, Image or numpy.ndarray
-        3-D images. Paths are read with their geometry (NIfTI, formats SimpleITK reads, DICOM
+        3-D images, or two 2-D images (PNG, JPEG, TIFF, 2-D NIfTI, a one-slice volume; 2-D
+        arrays). Paths are read with their geometry (NIfTI, formats SimpleITK reads, DICOM
         folders); arrays use ``fixed_affine``/``moving_affine`` (identity if None). The moving
         image may lie on any grid: it is mapped into the fixed grid in world space.
     model : EOIR, VoxelMorph, path or str, optional
         A network, a checkpoint, or the name of a shipped model (``"brain-mri"``,
-        :mod:`eoir.pretrained`) predicting the field in one forward pass. None: no network.
+        :mod:`eoir.pretrained`) predicting the field in one forward pass, of the images'
+        dimension (the shipped models are 3-D). None: no network.
     optimize_steps : int, optional
         Instance-optimisation steps refining the field on this pair, starting from the model's
         prediction (or zero). Default: 0 with a model, :data:`DEFAULT_OPTIMIZE_STEPS` without.
@@ -424,6 +456,11 @@ def register(
         Show the progress of the affine stage and of the optimisation steps on standard error:
         a rewritten line on a terminal, a line every 10 s otherwise (:mod:`eoir.progress`);
         ``False`` shows nothing; a callable is called as ``progress(done, total)``.
+    initial_transform : path or numpy.ndarray, optional
+        A starting alignment: an ITK transform file (``.tfm``/``.txt``) or ANTs ``.mat``
+        (fixed -> moving, as ``antsApplyTransforms`` applies it; :mod:`eoir.io.transforms`),
+        or an ``(ndim+1, ndim+1)`` fixed RAS world -> moving RAS world matrix. With ``affine``
+        the affine stage starts from it; without, it is the alignment. The result includes it.
 
     Returns
     -------
@@ -454,8 +491,22 @@ def register(
         device=device,
         optimize_options=dict(optimize_options or {}),
         progress=progress,
+        initial=_initial(initial_transform, fixed_image.ndim),
     )
+    if fixed_image.ndim != moving_image.ndim:
+        raise InputError(
+            f"{moving_image.path}: moving image is {moving_image.ndim}-D and "
+            f"{fixed_image.path} {fixed_image.ndim}-D: register images of the same dimension"
+        )
     net, settings = configure(model, options)
+    ndim = getattr(net, "ndim", fixed_image.ndim)
+    if ndim != fixed_image.ndim:
+        raise OptionError(
+            "model",
+            model if isinstance(model, str | os.PathLike) else type(model).__name__,
+            f"is a {ndim}-D network and the images are {fixed_image.ndim}-D: give a "
+            f"{fixed_image.ndim}-D model, or none (instance optimisation alone)",
+        )
     _check_downsample(settings.downsample, fixed_image.shape)
     info: dict[str, Any] = {
         "preset": settings.preset,
@@ -487,7 +538,7 @@ def register(
         message = f"{' and '.join(constant)} image is constant: registered as identity"
         warnings.warn(message, stacklevel=2)
         info["warnings"].append(message)
-        disp = torch.zeros(1, 3, *fixed_image.shape)
+        disp = torch.zeros(1, fixed_image.ndim, *fixed_image.shape)
         return RegistrationResult(fixed_image, moving_image, disp, None, 0.0, info)
     pair = prepare(fixed_image, moving_image, settings)
     world = align(pair, settings)

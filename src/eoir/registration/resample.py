@@ -7,7 +7,8 @@ voxel ``A_m^-1 A_f (p + disp(p))``. A moving image on another grid is therefore 
 from its own voxels, with no intermediate resampling.
 
 An affine pre-alignment is a 4x4 ``world`` matrix mapping fixed RAS world points to moving RAS
-world points; :func:`total_field` folds it into ``disp``.
+world points (3x3 in 2-D, on the in-plane world); :func:`total_field` folds it into ``disp``.
+Both images of a pair have the same dimension (:meth:`eoir.image.Image.ndim`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from eoir.errors import InputError
 from eoir.image import Image
 from eoir.spatial import Interpolation, identity_grid, sample, transform_positions, warp
 
@@ -23,7 +25,7 @@ __all__ = ["moving_positions", "to_fixed_grid", "total_field", "warp_image"]
 
 def _matrix(fixed: Image, moving_affine: np.ndarray, world: np.ndarray | None) -> np.ndarray:
     """Fixed voxel -> moving voxel matrix ``A_m^-1 [world] A_f``."""
-    middle = np.eye(4) if world is None else np.asarray(world, dtype=float)
+    middle = np.eye(fixed.ndim + 1) if world is None else np.asarray(world, dtype=float)
     return np.linalg.inv(moving_affine) @ middle @ fixed.affine
 
 
@@ -41,18 +43,18 @@ def moving_positions(
     fixed : Image
         The fixed grid.
     moving_affine : numpy.ndarray
-        ``(4, 4)`` voxel -> RAS matrix of the moving image.
+        ``(ndim+1, ndim+1)`` voxel -> RAS matrix of the moving image.
     disp : torch.Tensor, optional
-        ``(1, 3, *fixed.shape)`` displacement in fixed voxels (applied before ``world``).
+        ``(1, ndim, *fixed.shape)`` displacement in fixed voxels (applied before ``world``).
     world : numpy.ndarray, optional
-        ``(4, 4)`` fixed world -> moving world (RAS mm) affine.
+        ``(ndim+1, ndim+1)`` fixed world -> moving world (RAS mm) affine.
     dtype : torch.dtype
         Dtype of the result.
 
     Returns
     -------
     torch.Tensor
-        ``(1, 3, *fixed.shape)`` fractional voxel coordinates into the moving array.
+        ``(1, ndim, *fixed.shape)`` fractional voxel coordinates into the moving array.
     """
     device = disp.device if disp is not None else torch.device("cpu")
     positions = identity_grid(fixed.shape, device, dtype)
@@ -78,9 +80,9 @@ def to_fixed_grid(
     fixed : Image
         Target grid.
     disp : torch.Tensor, optional
-        ``(1, 3, *fixed.shape)`` displacement in fixed voxels.
+        ``(1, ndim, *fixed.shape)`` displacement in fixed voxels.
     world : numpy.ndarray, optional
-        ``(4, 4)`` fixed world -> moving world affine.
+        ``(ndim+1, ndim+1)`` fixed world -> moving world affine.
     values : numpy.ndarray, optional
         Array to sample instead of ``moving.array`` (same grid), e.g. normalised intensities.
     mode : {"bilinear", "nearest"}
@@ -91,7 +93,17 @@ def to_fixed_grid(
     torch.Tensor
         ``(1, 1, *fixed.shape)``: float32, or float64 for nearest sampling of integers too
         large for float32 to hold exactly.
+
+    Raises
+    ------
+    InputError
+        The two have different dimensions (a 2-D image and a 3-D grid).
     """
+    if moving.ndim != fixed.ndim:
+        raise InputError(
+            f"{moving.path or 'moving image'}: is {moving.ndim}-D and the grid of "
+            f"{fixed.path or 'the fixed image'} {fixed.ndim}-D: both must have the same dimension"
+        )
     array = moving.array if values is None else values
     dtype = torch.float32
     if mode == "nearest" and np.issubdtype(array.dtype, np.integer) and array.size:
@@ -123,7 +135,7 @@ def warp_image(
     fixed : Image
         The fixed grid.
     disp : torch.Tensor, optional
-        ``(1, 3, *fixed.shape)`` total displacement in fixed voxels (affine part included);
+        ``(1, ndim, *fixed.shape)`` total displacement in fixed voxels (affine part included);
         None maps the image by geometry alone (before any registration).
     mode : {"bilinear", "nearest"}
         Linear for intensities, nearest for label maps (values are kept exactly).
@@ -153,20 +165,20 @@ def total_field(
     fixed : Image
         The fixed grid.
     disp : torch.Tensor, optional
-        ``(1, 3, *fixed.shape)`` deformable displacement in fixed voxels (zero if None).
+        ``(1, ndim, *fixed.shape)`` deformable displacement in fixed voxels (zero if None).
     world : numpy.ndarray, optional
-        ``(4, 4)`` fixed world -> moving world affine (identity if None).
+        ``(ndim+1, ndim+1)`` fixed world -> moving world affine (identity if None).
 
     Returns
     -------
     torch.Tensor
-        ``(1, 3, *fixed.shape)``: ``A_f^-1 world A_f (p + disp(p)) - p``, fixed voxels.
+        ``(1, ndim, *fixed.shape)``: ``A_f^-1 world A_f (p + disp(p)) - p``, fixed voxels.
     """
     if world is None:  # A_f^-1 A_f (p + disp) - p
         return (
             disp.to(torch.float32, copy=True)
             if disp is not None
-            else torch.zeros(1, 3, *fixed.shape)
+            else torch.zeros(1, fixed.ndim, *fixed.shape)
         )
     positions = moving_positions(fixed, fixed.affine, disp, world, dtype=torch.float64)
     device = disp.device if disp is not None else torch.device("cpu")

@@ -17,7 +17,14 @@ import torch
 
 from eoir.errors import InputError
 from eoir.image import Image
-from eoir.io import FieldFormat, ImageLike, OutputSet, read_labels
+from eoir.io import (
+    TRANSFORM_SUFFIXES,
+    WRITABLE_SUFFIXES,
+    FieldFormat,
+    ImageLike,
+    OutputSet,
+    read_labels,
+)
 from eoir.metrics import jacobian_stats, mean_dice
 from eoir.registration.resample import warp_image
 from eoir.spatial import identity_grid, solve_positions, transform_positions
@@ -34,7 +41,7 @@ class RegistrationResult:
     fixed, moving : Image
         The inputs as read.
     disp : torch.Tensor
-        ``(1, 3, *fixed.shape)`` total displacement in fixed voxels (affine part included):
+        ``(1, ndim, *fixed.shape)`` total displacement in fixed voxels (affine part included):
         fixed voxel ``p`` maps to moving world point ``A_f (p + disp(p))``.
     world : numpy.ndarray or None
         The affine pre-alignment (fixed RAS world -> moving RAS world), if one was made.
@@ -93,6 +100,22 @@ class RegistrationResult:
         """Folding and smoothness of the total field (see :func:`eoir.metrics.jacobian_stats`)."""
         return jacobian_stats(self.disp)
 
+    def affine(self) -> np.ndarray:
+        """The linear part of the registration: fixed RAS world -> moving RAS world (mm).
+
+        The affine stage's result or the given initial transform (the identity without
+        either). ``disp`` includes it; :meth:`save` writes it for ANTs, ITK and 3D Slicer
+        (``affine_out``).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(ndim+1, ndim+1)``.
+        """
+        if self.world is None:
+            return np.eye(self.fixed.ndim + 1)
+        return np.asarray(self.world, dtype=float).copy()
+
     def inverse(self, iterations: int = 20, tolerance: float = 1e-3) -> torch.Tensor:
         """The inverse transform: a displacement on the moving grid that maps it to the fixed one.
 
@@ -107,10 +130,11 @@ class RegistrationResult:
         Returns
         -------
         torch.Tensor
-            ``(1, 3, *moving.shape)`` displacement in voxel units of the moving grid.
+            ``(1, ndim, *moving.shape)`` displacement in voxel units of the moving grid.
         """
         fixed, moving = self.fixed, self.moving
-        world = np.eye(4) if self.world is None else np.asarray(self.world, dtype=float)
+        n = fixed.ndim + 1
+        world = np.eye(n) if self.world is None else np.asarray(self.world, dtype=float)
         undo = np.linalg.inv(fixed.affine) @ np.linalg.inv(world) @ fixed.affine  # G^-1
         grid = identity_grid(fixed.shape, dtype=torch.float64)
         # the deformable part alone: p + total(p) = G (p + deformable(p))
@@ -123,7 +147,13 @@ class RegistrationResult:
         positions = solve_positions(deformable, targets, iterations, tolerance, coarse_start=True)
         to_moving = np.linalg.inv(moving.affine) @ fixed.affine
         moving_grid = identity_grid(moving.shape, dtype=torch.float32)
-        return transform_positions(to_moving, positions) - moving_grid
+        inverse = transform_positions(to_moving, positions) - moving_grid
+        if not torch.isfinite(inverse).all():  # never a written file with NaN in it
+            raise InputError(
+                f"the inverse of the registration of {moving.path} to {fixed.path} has NaN or "
+                "infinite values: nothing was written"
+            )
+        return inverse
 
     def save(
         self,
@@ -134,6 +164,7 @@ class RegistrationResult:
         warped_labels: str | os.PathLike | None = None,
         overwrite: bool = False,
         inverse_field: str | os.PathLike | None = None,
+        affine_out: str | os.PathLike | None = None,
     ) -> None:
         """Write the requested outputs, all or none (atomic).
 
@@ -150,13 +181,17 @@ class RegistrationResult:
             Replace existing files.
         inverse_field : path, optional
             The inverse field (:meth:`inverse`) on the moving grid, in ``field_format``.
+        affine_out : path, optional
+            The linear part (:meth:`affine`) as an ITK transform file (``.tfm``/``.txt``) or
+            ANTs ``.mat``.
         """
         inputs = [self.fixed.path, self.moving.path]
         inputs.append(labels.path if isinstance(labels, Image) else labels)
         if not isinstance(inputs[-1], str | os.PathLike):
             inputs.pop()  # an array: no file to protect
-        targets = [warped, field, warped_labels, inverse_field]
-        with OutputSet(targets, overwrite=overwrite, inputs=inputs) as outputs:
+        targets = [warped, field, warped_labels, inverse_field, affine_out]
+        suffixes = (*WRITABLE_SUFFIXES, *TRANSFORM_SUFFIXES)
+        with OutputSet(targets, overwrite, suffixes, inputs) as outputs:
             self.write(
                 outputs,
                 warped,
@@ -165,6 +200,7 @@ class RegistrationResult:
                 labels,
                 warped_labels,
                 inverse_field=inverse_field,
+                affine_out=affine_out,
             )
 
     def write(
@@ -178,6 +214,7 @@ class RegistrationResult:
         figure: str | os.PathLike | None = None,
         title: str | None = None,
         inverse_field: str | os.PathLike | None = None,
+        affine_out: str | os.PathLike | None = None,
     ) -> None:
         """Write outputs into an :class:`eoir.io.OutputSet` that declared them (see
         :meth:`save`; ``figure`` is a PNG path, see :meth:`figure`)."""
@@ -199,6 +236,8 @@ class RegistrationResult:
             if inverse_field is not None:
                 inverse = self.inverse()
                 outputs.write_field(inverse_field, inverse, self.moving, field_format)
+            if affine_out is not None:
+                outputs.write_transform(affine_out, self.affine())
             if job is not None:
                 job.result()
 

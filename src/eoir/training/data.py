@@ -141,7 +141,9 @@ class PairDataset(torch.utils.data.Dataset):
         if self.downsample <= 1:
             return x
         size = [-(-n // self.downsample) for n in x.shape[1:]]
-        kwargs = {"align_corners": True} if mode == "trilinear" else {}
+        if mode == "trilinear" and x.dim() == 3:  # a 2-D image
+            mode = "bilinear"
+        kwargs = {"align_corners": True} if mode != "nearest" else {}
         return F.interpolate(x[None], size=size, mode=mode, **kwargs)[0]
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
