@@ -642,7 +642,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             # the commands report eoir's own warnings on stderr themselves
             warnings.filterwarnings("ignore", message=".*registered as identity")
-            warnings.filterwarnings("ignore", message="the model expects")
             return int(args.func(args))
     except InputError as err:
         return _fail(args.command, f"error: {one_line(err, command)}", 2)

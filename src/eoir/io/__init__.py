@@ -18,6 +18,7 @@ from eoir.io.images import (
     as_image,
     as_sitk_image,
     check_labels,
+    image_frame,
     read_image,
     read_labels,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "check_field_target",
     "check_image_target",
     "check_labels",
+    "image_frame",
     "load_dataset",
     "read_field",
     "read_image",

@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 
 from eoir.errors import InputError, reason
-from eoir.image import Image, in_plane
+from eoir.image import Image, embedded, in_plane
 from eoir.spatial import lps_affine
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ __all__ = [
     "as_sitk_image",
     "available_memory",
     "check_labels",
+    "image_frame",
     "read_image",
     "read_labels",
 ]
@@ -346,6 +347,55 @@ def read_image(path: str | os.PathLike, what: str = "image") -> Image:
     if not array.dtype.isnative:  # e.g. big-endian NIfTI: torch takes native byte order only
         array = array.astype(array.dtype.newbyteorder("="))
     return Image(array=array, affine=affine, path=str(p), header=header)
+
+
+def image_frame(path: str | os.PathLike) -> tuple[str, float | None]:
+    """The voxel axis codes and voxel size of an image file, from its header alone.
+
+    Parameters
+    ----------
+    path : path
+        A NIfTI file or another format SimpleITK reads.
+
+    Returns
+    -------
+    axes : str
+        nibabel's axis codes (``"ASL"``: the first voxel axis points anterior, ...).
+    spacing : float or None
+        The voxel size in mm when every axis has it within 5 %, else None.
+
+    Raises
+    ------
+    InputError
+        An unreadable header.
+    """
+    p = Path(path)
+    try:
+        if _suffix(p) in NIFTI_SUFFIXES:
+            nifti = nib.load(str(p))
+            affine = np.asarray(nifti.affine, dtype=float)
+            shape = [int(n) for n in nifti.shape]
+        else:
+            with _quiet_itk() as sitk:
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(str(p))
+                reader.ReadImageInformation()
+                ndim = reader.GetDimension()
+                direction = np.array(reader.GetDirection()).reshape(ndim, ndim)
+                affine = np.eye(ndim + 1)
+                affine[:ndim, :ndim] = direction @ np.diag(reader.GetSpacing())
+                affine = lps_affine(affine)
+                shape = list(reader.GetSize())
+    except Exception as err:  # nibabel and SimpleITK raise many types
+        raise InputError(f"{p}: cannot read image header ({reason(err)})") from None
+    full = embedded(affine)
+    while len(shape) > 2 and shape[-1] == 1:  # a one-slice volume is a 2-D image
+        shape.pop()
+    ndim = min(len(shape), 3)
+    axes = "".join(nib.aff2axcodes(full)[:ndim])
+    sizes = np.linalg.norm(full[:3, :ndim], axis=0)
+    isotropic = sizes.max() <= 1.05 * sizes.min()
+    return axes, float(np.median(sizes)) if isotropic else None
 
 
 def check_labels(image: Image, what: str = "label map") -> None:

@@ -14,7 +14,10 @@ weights must be finite.
 Wherever a checkpoint path is taken, the name of a shipped model (:mod:`eoir.pretrained`, e.g.
 ``"brain-mri"``) may be given instead. A loaded model carries two attributes from its
 checkpoint: ``trained_downsample`` (the resolution divisor it was trained at, used by
-:func:`eoir.register` by default) and ``expected_spacing`` (mm, or None).
+:func:`eoir.register` by default), ``expected_spacing`` (the training images' voxel size in mm,
+``input_spacing_mm``, or None) and ``expected_axes`` (their voxel axis codes, ``input_axes``,
+e.g. ``"ASL"``, or None): registration feeds the network in that frame
+(:mod:`eoir.registration.frame`).
 """
 
 from __future__ import annotations
@@ -178,6 +181,8 @@ def model_sha256(state: dict[str, Any]) -> str:
         "preset": run.get("preset"),
         "input_spacing_mm": state.get("input_spacing_mm"),
     }
+    if state.get("input_axes") is not None:  # recorded since eoir 0.x; older digests unchanged
+        described["input_axes"] = state["input_axes"]
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -226,7 +231,23 @@ def _build(state: dict[str, Any], path: Path, shipped: bool = False) -> nn.Modul
     ):
         raise InputError(f"{path}: input_spacing_mm {spacing!r}: must be a positive number")
     model.expected_spacing = None if spacing is None else float(spacing)
+    axes = state.get("input_axes")
+    ndim = int(state["config"].get("ndim", 3))
+    if axes is not None and not _valid_axes(axes, ndim):
+        raise InputError(
+            f"{path}: input_axes {axes!r}: must be {ndim} axis codes, one of L/R, A/P, S/I each"
+        )
+    model.expected_axes = None if axes is None else str(axes)
     return model
+
+
+def _valid_axes(axes: Any, ndim: int) -> bool:
+    """Whether ``axes`` names ``ndim`` different world axes (``"ASL"``, ``"RA"``, ...)."""
+    pairs = ("LR", "AP", "SI")
+    if not isinstance(axes, str) or len(axes) != ndim:
+        return False
+    used = [next((k for k, p in enumerate(pairs) if c in p), None) for c in axes]
+    return None not in used and len(set(used)) == ndim
 
 
 def resave(path: str | os.PathLike) -> None:

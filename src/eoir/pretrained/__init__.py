@@ -35,7 +35,7 @@ class Pretrained:
 PRETRAINED: dict[str, Pretrained] = {
     "brain-mri": Pretrained(
         file="brain-mri.pt",
-        sha256="e753e5bf25f32891e004c48216ffbb781f263f50f5d3cba6a8bf90886fea5f66",
+        sha256="4b078cf3937cb9ab571e0ffcbd1498c7f137dd5dc9669bcaca7fc8eae5c0c854",
         summary="EOIR width 16, diffeomorphic, for skull-stripped T1w brain MRI at 1 mm, "
         "affinely pre-aligned; registers at half resolution",
     ),

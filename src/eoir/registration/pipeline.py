@@ -7,12 +7,13 @@ with plain data between them:
    registered as the identity before it, :func:`constant_images`);
 2. :func:`align`: the affine pre-alignment, a fixed-world -> moving-world matrix (or None);
 3. :func:`sample_pair`: both images on the fixed grid at the working resolution, the moving one
-   through the alignment (a :class:`WorkPair`), once :func:`check_overlap` has seen that the
-   two overlap in world space;
+   through the alignment, in the network's training frame (axis order and voxel size,
+   :mod:`eoir.registration.frame`; a :class:`WorkPair`), once :func:`check_overlap` has seen
+   that the two overlap in world space;
 4. :func:`predict`: the network's field on the working grid (or None);
 5. :func:`refine`: instance optimisation of that field (or fine-tuning a copy of the network);
-6. :func:`finish`: the field on the whole fixed grid with the alignment folded in, as a
-   :class:`~eoir.registration.result.RegistrationResult`.
+6. :func:`finish`: the field on the whole fixed grid (back from the model's frame) with the
+   alignment folded in, as a :class:`~eoir.registration.result.RegistrationResult`.
 
 Each stage is a function of the previous stages' data and the :class:`Settings`, so that a new
 step (a built-in affine, a reorientation into the model's frame, a multimodal refinement)
@@ -38,6 +39,7 @@ from eoir.nn import load_model
 from eoir.options import PRECISIONS, Precision, look_up_option, non_negative, positive
 from eoir.progress import ProgressLike, progress_for
 from eoir.registration.affine import affine_align
+from eoir.registration.frame import Frame, model_frame
 from eoir.registration.instance import finetune_network, optimise_field
 from eoir.registration.preprocess import PRESETS, Preset, check_finite, is_constant, normalise
 from eoir.registration.resample import to_fixed_grid, total_field
@@ -57,6 +59,7 @@ __all__ = [
     "configure",
     "constant_images",
     "finish",
+    "frame_for",
     "predict",
     "prepare",
     "refine",
@@ -144,11 +147,15 @@ class WorkPair:
     ----------
     fixed, moving : torch.Tensor
         ``(1, 1, *work_shape)`` normalised images on the fixed grid at the working resolution
-        (the moving image sampled through the alignment), on the settings' device.
+        (the moving image sampled through the alignment), in the model's axis order, on the
+        settings' device.
+    frame : Frame
+        How the fixed grid's axes map onto the working grid's.
     """
 
     fixed: torch.Tensor
     moving: torch.Tensor
+    frame: Frame
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -296,23 +303,38 @@ def _centre(image: Image) -> np.ndarray:
     return (image.affine @ np.append((np.array(image.shape) - 1) / 2, 1.0))[:3]
 
 
-def sample_pair(pair: Pair, world: np.ndarray | None, settings: Settings) -> WorkPair:
-    """Both normalised images on the fixed grid at the working resolution.
+def frame_for(net: torch.nn.Module | None, fixed: Image, settings: Settings) -> Frame:
+    """The working grid: the fixed grid in the network's training frame (its voxel axis codes
+    and spacing times ``downsample``, :func:`eoir.registration.frame.model_frame`); without a
+    network, or for a model that records neither, the fixed grid at ``1/downsample``."""
+    return model_frame(
+        fixed,
+        getattr(net, "expected_axes", None),
+        getattr(net, "expected_spacing", None),
+        settings.downsample,
+    )
 
-    The moving image is sampled once from its own grid through ``world``; at ``downsample > 1``
-    both are resized (linearly) to ``ceil(n / downsample)`` voxels per axis, at least 8.
+
+def sample_pair(
+    pair: Pair, world: np.ndarray | None, settings: Settings, frame: Frame | None = None
+) -> WorkPair:
+    """Both normalised images on the working grid.
+
+    The moving image is sampled once from its own grid through ``world`` onto the fixed grid;
+    both are then brought into ``frame``'s axis order (a permutation and flips: exact) and
+    resized linearly (corners aligned) to ``frame.shape``: ``ceil(n / downsample)`` voxels per
+    axis, at least 8, without a frame.
     """
+    if frame is None:
+        frame = frame_for(None, pair.fixed, settings)
     fixed = torch.from_numpy(pair.fixed_values)[None, None].to(settings.device)
     moving = to_fixed_grid(pair.moving, pair.fixed, world=world, values=pair.moving_values)
-    moving = moving.to(settings.device)
-    shape = pair.fixed.shape
-    if settings.downsample > 1:
-        work = tuple(max(8, -(-n // settings.downsample)) for n in shape)
-        if work != shape:
-            mode = "trilinear" if len(shape) == 3 else "bilinear"
-            fixed = F.interpolate(fixed, size=work, mode=mode, align_corners=True)
-            moving = F.interpolate(moving, size=work, mode=mode, align_corners=True)
-    return WorkPair(fixed, moving)
+    fixed, moving = frame.to_model(fixed), frame.to_model(moving.to(settings.device))
+    if tuple(fixed.shape[2:]) != frame.shape:
+        mode = "trilinear" if len(frame.shape) == 3 else "bilinear"
+        fixed = F.interpolate(fixed, size=frame.shape, mode=mode, align_corners=True)
+        moving = F.interpolate(moving, size=frame.shape, mode=mode, align_corners=True)
+    return WorkPair(fixed, moving, frame)
 
 
 def predict(work: WorkPair, net: torch.nn.Module | None, settings: Settings) -> torch.Tensor | None:
@@ -386,7 +408,9 @@ def finish(
     """
     if disp is None:
         disp = work.fixed.new_zeros(1, len(work.shape), *work.shape)
-    disp = resize_field(disp.detach().float().cpu(), pair.fixed.shape)
+    frame = work.frame
+    full = tuple(pair.fixed.shape[i] for i in frame.order)  # the fixed grid, model axis order
+    disp = frame.field_from_model(resize_field(disp.detach().float().cpu(), full))
     total = total_field(pair.fixed, disp, world)
     if not torch.isfinite(total).all():
         raise InputError(
@@ -521,17 +545,6 @@ def register(
     }
     check_finite(fixed_image, "fixed image")
     check_finite(moving_image, "moving image")
-    expected = getattr(net, "expected_spacing", None)
-    if expected is not None and any(
-        abs(s - expected) > 0.25 * expected for s in fixed_image.spacing
-    ):
-        message = (
-            f"the model expects {expected:g} mm voxels; the fixed image has "
-            f"{'x'.join(f'{s:.2f}' for s in fixed_image.spacing)} mm: expect a poorer result "
-            "(resample the images, or refine the field with optimisation steps)"
-        )
-        warnings.warn(message, stacklevel=2)
-        info["warnings"].append(message)
     start = time.perf_counter()
     constant = constant_images(fixed_image, moving_image)
     if constant:
@@ -543,7 +556,7 @@ def register(
     pair = prepare(fixed_image, moving_image, settings)
     world = align(pair, settings)
     check_overlap(pair, world, settings)
-    work = sample_pair(pair, world, settings)
+    work = sample_pair(pair, world, settings, frame_for(net, fixed_image, settings))
     disp = predict(work, net, settings)
     disp = refine(work, disp, net, settings)
     return finish(pair, work, disp, world, time.perf_counter() - start, info)

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from eoir.errors import InputError
-from eoir.io import load_dataset
+from eoir.io import image_frame, load_dataset
 from eoir.losses import multilevel_loss, ncc_loss, one_hot
 from eoir.metrics import mean_dice
 from eoir.nn.checkpoint import build_model, read_checkpoint, save_model
@@ -393,6 +393,8 @@ def _run(
         finish_distributed()
         return {"step": start, "best": best if math.isfinite(best) else None, "seconds": 0.0}
 
+    # the frame the network is trained in, recorded so that registration feeds it the same
+    axes, spacing = image_frame(spec.training[0].image)
     train_data = PairDataset(
         spec.training, pairs, dc["preset"], int(dc["downsample"]), bool(dc["cache"])
     )
@@ -454,13 +456,17 @@ def _run(
                 if row["val"] > best:
                     best = row["val"]
                     save_model(
-                        out / "best.pt", model, **_extra(optimizer, scheduler, step, best, config)
+                        out / "best.pt",
+                        model,
+                        **_extra(optimizer, scheduler, step, best, config, (axes, spacing)),
                     )
             if row:
                 log.row(row, show=True)
             if rank == 0 and (step % int(tc["save_every"]) == 0 or step == total):
                 save_model(
-                    out / "last.pt", model, **_extra(optimizer, scheduler, step, best, config)
+                    out / "last.pt",
+                    model,
+                    **_extra(optimizer, scheduler, step, best, config, (axes, spacing)),
                 )
             if world > 1 and validate:
                 dist.barrier()
@@ -473,8 +479,12 @@ def _run(
     return {"step": step, "best": best_or_none, "seconds": time.perf_counter() - began}
 
 
-def _extra(optimizer, scheduler, step: int, best: float, config: dict[str, Any]) -> dict[str, Any]:
+def _extra(
+    optimizer, scheduler, step: int, best: float, config: dict[str, Any], frame=(None, None)
+) -> dict[str, Any]:
     return {
+        "input_axes": frame[0],
+        "input_spacing_mm": frame[1],
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "step": step,
