@@ -158,3 +158,24 @@ def eoir_process(*args, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m eoir ARGS`` in a new process."""
     command = [sys.executable, "-m", "eoir", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def head_and_brain(path) -> tuple:
+    """A T1-like image of a whole-head label map (SynthSeg's) and the same image with
+    everything outside the brain removed (a skull-stripped field of view)."""
+    import eoir
+    from eoir.image import Image
+
+    labels = eoir.read_image(path)
+    codes = np.rint(labels.array).astype(np.int32)
+    table = {2: 0.9, 41: 0.9, 7: 0.85, 46: 0.85, 16: 0.8, 3: 0.6, 42: 0.6, 8: 0.55, 47: 0.55}
+    table |= dict.fromkeys((4, 5, 14, 15, 24, 43, 44), 0.2)
+    values = np.full(codes.max() + 1, 0.5, np.float32)
+    values[0] = 0.0
+    for code, value in table.items():
+        values[code] = value
+    extra = np.arange(500, codes.max() + 1)
+    values[extra] = 0.1 + 0.8 * ((extra * 0.618) % 1.0)  # skull, scalp, eyes: varied
+    head = values[codes]
+    brain = np.where(codes < 500, head, 0.0).astype(np.float32)
+    return Image(head, labels.affine), Image(brain, labels.affine)

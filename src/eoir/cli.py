@@ -37,9 +37,11 @@ from eoir.io import (
     read_labels,
     read_transform,
 )
+from eoir.losses import SIMILARITIES
 from eoir.metrics import determinant_stats
 from eoir.nn import EOIR, count_multiply_adds, count_parameters
 from eoir.options import PRECISIONS, positive
+from eoir.registration.affine import AFFINE_MODELS
 from eoir.registration.pipeline import OPTIMIZE_TARGETS
 from eoir.registration.preprocess import PRESETS
 from eoir.registration.resample import warp_image
@@ -112,6 +114,7 @@ def _register_options(args: argparse.Namespace, ndim: int = 3) -> dict:
         "optimize_steps": args.optimize_steps,
         "optimize_target": args.optimize_target,
         "affine": args.affine,
+        "optimize_options": {} if args.similarity is None else {"similarity": args.similarity},
         "preset": args.preset,
         "downsample": args.downsample,
         "device": args.device,
@@ -268,7 +271,7 @@ def _run_register(args: argparse.Namespace) -> int:
     for message in result.info["warnings"]:  # after the outputs: a failure prints one line
         print(f"eoir register: warning: {message}", file=sys.stderr)
     stages = ["initial transform"] if args.initial_transform else []
-    stages += ["affine"] if args.affine else []
+    stages += [args.affine] if args.affine else []
     stages += [f"model {model}"] if model else []
     steps = result.info["optimize_steps"]
     if steps:
@@ -505,7 +508,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the optimisation steps refine: the field itself (default) or a copy of the "
         "model's weights (needs --model)",
     )
-    reg.add_argument("--affine", action="store_true", help="align affinely first (SimpleITK)")
+    reg.add_argument(
+        "--affine",
+        nargs="?",
+        const="affine",
+        default=False,
+        choices=list(AFFINE_MODELS),
+        help="align first: affine (the default with a bare --affine) or rigid; moments, then "
+        "a 4 -> 2 mm optimisation",
+    )
+    reg.add_argument(
+        "--similarity",
+        choices=list(SIMILARITIES),
+        help="ncc (one contrast, default) or mind (different contrasts: mutual information in "
+        "the affine stage, MIND-SSC in optimisation steps); mse for optimisation steps",
+    )
     reg.add_argument(
         "--initial-transform",
         help="a starting alignment: an ITK transform (.tfm/.txt) or ANTs .mat mapping fixed to "

@@ -35,10 +35,11 @@ import torch.nn.functional as F
 from eoir.errors import InputError, OptionError
 from eoir.image import Image
 from eoir.io import ImageLike, as_image, read_transform
+from eoir.losses import SIMILARITIES
 from eoir.nn import load_model
 from eoir.options import PRECISIONS, Precision, look_up_option, non_negative, positive
 from eoir.progress import ProgressLike, progress_for
-from eoir.registration.affine import affine_align
+from eoir.registration.affine import AFFINE_MODELS, AffineModel, affine_align
 from eoir.registration.frame import Frame, model_frame
 from eoir.registration.instance import finetune_network, optimise_field
 from eoir.registration.preprocess import PRESETS, Preset, check_finite, is_constant, normalise
@@ -87,8 +88,9 @@ class Settings:
     ----------
     preset : str
         Intensity normalisation.
-    affine : bool
-        Whether to align affinely first.
+    affine : bool or str
+        Align first: ``"affine"`` (or True) or ``"rigid"`` (:data:`AFFINE_MODELS`); False:
+        not.
     downsample : int or None
         The working resolution is ``1/downsample`` of the fixed grid.
     optimize_steps : int or None
@@ -109,7 +111,7 @@ class Settings:
     """
 
     preset: Preset = "mri"
-    affine: bool = False
+    affine: bool | AffineModel = False
     downsample: int | None = None
     optimize_steps: int | None = None
     optimize_target: OptimizeTarget = "field"
@@ -185,6 +187,10 @@ def configure(
         The model cannot be loaded.
     """
     look_up_option("preset", options.preset, PRESETS)
+    if options.affine not in (True, False):
+        look_up_option("affine", options.affine, AFFINE_MODELS)
+    if "similarity" in options.optimize_options:
+        look_up_option("similarity", options.optimize_options["similarity"], SIMILARITIES)
     positive("downsample", options.downsample)
     non_negative("optimize_steps", options.optimize_steps)
     look_up_option("optimize_target", options.optimize_target, OPTIMIZE_TARGETS)
@@ -253,6 +259,8 @@ def align(pair: Pair, settings: Settings) -> np.ndarray | None:
         pair.moving,
         pair.fixed_values,
         pair.moving_values,
+        model="affine" if settings.affine is True else settings.affine,
+        similarity=settings.optimize_options.get("similarity", "ncc"),
         progress=settings.progress,
         initial=settings.initial,
     )
@@ -429,7 +437,7 @@ def register(
     model: torch.nn.Module | str | os.PathLike | None = None,
     optimize_steps: int | None = None,
     optimize_target: OptimizeTarget = "field",
-    affine: bool = False,
+    affine: bool | AffineModel = False,
     preset: Preset = "mri",
     downsample: int | None = None,
     device: str | torch.device = "auto",
@@ -457,8 +465,11 @@ def register(
     optimize_target : {"field", "weights"}
         What the steps optimise: the field itself (default; see
         :mod:`eoir.registration.instance`), or a copy of the model's weights (needs ``model``).
-    affine : bool
-        Align affinely first (SimpleITK, mutual information); the result includes it.
+    affine : bool or {"affine", "rigid"}
+        Align first (True: ``"affine"``): eoir's linear stage (moments, then a 4 -> 2 mm
+        optimisation with global NCC, or mutual information with
+        ``optimize_options={"similarity": "mind"}`` for different contrasts; SimpleITK for 2-D
+        images, :mod:`eoir.registration.affine`); the result includes it.
     preset : {"mri", "ct", "lung", "none"}
         Intensity normalisation (internal only; see
         :func:`eoir.registration.preprocess.normalise`).

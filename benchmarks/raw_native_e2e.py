@@ -1,0 +1,114 @@
+"""Raw scans end to end: ``eoir register --affine`` against ANTs (affine + SyN), side by side.
+
+OASIS-TRT-20 subjects 13-15 as scanned (``oasis-trt-20-native``: 256x256x160, 1 mm, not
+aligned). For each ordered pair, alternately:
+
+- eoir: ``python -m eoir register --fixed F --moving M --affine --warped W --field FIELD
+  --moving-labels ML --warped-labels WL --quiet`` (defaults: the built-in affine stage, the
+  shipped model), wall time of the whole command (start-up, reading and writing included);
+- ANTs: a new Python process that reads both images with antspyx, runs ``ants.registration``
+  with ``type_of_transform="SyN"`` (affine + SyN, antspyx defaults), applies the transforms to
+  the moving image (linear) and labels (nearest neighbour) and writes both and the warp, timed
+  the same way.
+
+Dice of the written warped labels against the fixed labels (Learn2Reg convention), seconds, and
+the ratio of the medians. Needs antspyx (``pip install -e ".[bench]"``, or a separate venv: run
+this script with that venv's python; eoir runs with the same interpreter).
+
+Usage::
+
+    python benchmarks/raw_native_e2e.py [--pairs 6] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from eoir.metrics import mean_dice
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "oasis-trt-20-native"
+
+ANTS = r"""
+import os, sys
+os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = sys.argv[6]
+import ants
+fixed, moving, labels = (ants.image_read(path) for path in sys.argv[1:4])
+result = ants.registration(fixed, moving, type_of_transform="SyN")
+warped = ants.apply_transforms(fixed, moving, result["fwdtransforms"], interpolator="linear")
+warped_labels = ants.apply_transforms(fixed, labels, result["fwdtransforms"],
+                                      interpolator="nearestNeighbor")
+ants.image_write(warped, sys.argv[4])
+ants.image_write(warped_labels, sys.argv[5])
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} not found")
+        return 0
+    try:
+        import ants  # noqa: F401
+    except ImportError:
+        print("skipped: antspyx is not installed (pip install -e '.[bench]')")
+        return 0
+    name = "OASISTRT_{:04d}_0000.nii.gz"
+    times: dict[str, list[float]] = {"eoir": [], "ants": []}
+    dices: dict[str, list[float]] = {"eoir": [], "ants": []}
+    print("| pair | eoir Dice | eoir s | ANTs Dice | ANTs s |")
+    print("|---|---|---|---|---|")
+    pairs = list(itertools.permutations((13, 14, 15), 2))[: args.pairs]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        for f, m in pairs:
+            fixed, moving = DATA / "imagesTr" / name.format(f), DATA / "imagesTr" / name.format(m)
+            fixed_labels = DATA / "labelsTr" / name.format(f)
+            moving_labels = DATA / "labelsTr" / name.format(m)
+            commands = {
+                "eoir": [sys.executable, "-m", "eoir", "register", "--fixed", fixed,
+                         "--moving", moving, "--affine", "--warped", out / "e_w.nii.gz",
+                         "--field", out / "e_f.nii.gz", "--moving-labels", moving_labels,
+                         "--warped-labels", out / "e_l.nii.gz", "--quiet", "--overwrite"],
+                "ants": [sys.executable, "-c", ANTS, fixed, moving, moving_labels,
+                         out / "a_w.nii.gz", out / "a_l.nii.gz", str(args.threads)],
+            }  # fmt: skip
+            row = [f"{m} -> {f}"]
+            for method, command in commands.items():
+                began = time.perf_counter()
+                done = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+                seconds = time.perf_counter() - began
+                if done.returncode != 0:
+                    print(done.stderr[-2000:], file=sys.stderr)
+                    return 1
+                warped = np.asanyarray(nib.load(out / f"{method[0]}_l.nii.gz").dataobj)
+                dice = mean_dice(
+                    np.asanyarray(nib.load(fixed_labels).dataobj),
+                    warped,
+                    np.asanyarray(nib.load(moving_labels).dataobj),
+                )
+                times[method].append(seconds)
+                dices[method].append(dice)
+                row += [f"{dice:.3f}", f"{seconds:.1f}"]
+            print("| " + " | ".join(row) + " |", flush=True)
+    e, a = statistics.median(times["eoir"]), statistics.median(times["ants"])
+    print(f"\nmean Dice: eoir {statistics.fmean(dices['eoir']):.3f}, "
+          f"ANTs {statistics.fmean(dices['ants']):.3f}; median seconds: eoir {e:.1f}, "
+          f"ANTs {a:.1f}: eoir {a / e:.1f}x faster")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
