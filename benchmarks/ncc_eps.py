@@ -32,6 +32,8 @@ from eoir.registration import dice_before_after
 from eoir.registration.resample import warp_image
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import smooth_field  # noqa: E402  (the tests' smooth random field)
 
 
 def blobs(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -44,23 +46,6 @@ def blobs(shape: tuple[int, ...], seed: int) -> np.ndarray:
         centre = rng.uniform(-0.6, 0.6, ndim).reshape(ndim, *[1] * ndim)
         image += np.exp(-((grid - centre) ** 2).sum(0) / 0.08)
     return image / image.max() * 250
-
-
-def smooth_field(shape: tuple[int, ...], amplitude: float, seed: int) -> torch.Tensor:
-    """Low-frequency sinusoids, ``(1, ndim, *shape)`` voxels (as the tests' helper)."""
-    gen = torch.Generator().manual_seed(seed)
-    ndim = len(shape)
-    axes = torch.meshgrid(*[torch.linspace(0, 1, n, dtype=torch.float64) for n in shape],
-                          indexing="ij")  # fmt: skip
-    channels = []
-    for _ in range(ndim):
-        phase = torch.rand(ndim, generator=gen, dtype=torch.float64) * 6.28
-        freq = 1 + torch.rand(ndim, generator=gen, dtype=torch.float64) * 1.5
-        value = torch.ones(shape, dtype=torch.float64)
-        for k in range(ndim):
-            value = value * torch.sin(3.14159 * freq[k] * axes[k] + phase[k])
-        channels.append(amplitude * value)
-    return torch.stack(channels).unsqueeze(0).float()
 
 
 def synthetic(shape: tuple[int, ...], eps: float) -> tuple[float, float]:

@@ -63,8 +63,9 @@ def _suffix(path: str | os.PathLike) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
-def _affine_from_sitk(image: sitk.Image) -> np.ndarray:
-    """The voxel -> RAS affine of a SimpleITK image: ``(4, 4)`` in 3-D, ``(3, 3)`` in 2-D."""
+def _affine_from_sitk(image: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
+    """The voxel -> RAS affine of a SimpleITK image (or of a reader that has read the image's
+    information): ``(4, 4)`` in 3-D, ``(3, 3)`` in 2-D."""
     ndim = image.GetDimension()
     direction = np.array(image.GetDirection(), dtype=float).reshape(ndim, ndim)
     affine = np.eye(ndim + 1)
@@ -380,11 +381,7 @@ def image_frame(path: str | os.PathLike) -> tuple[str, float | None]:
                 reader = sitk.ImageFileReader()
                 reader.SetFileName(str(p))
                 reader.ReadImageInformation()
-                ndim = reader.GetDimension()
-                direction = np.array(reader.GetDirection()).reshape(ndim, ndim)
-                affine = np.eye(ndim + 1)
-                affine[:ndim, :ndim] = direction @ np.diag(reader.GetSpacing())
-                affine = lps_affine(affine)
+                affine = _affine_from_sitk(reader)  # the reader has the image's geometry
                 shape = list(reader.GetSize())
     except Exception as err:  # nibabel and SimpleITK raise many types
         raise InputError(f"{p}: cannot read image header ({reason(err)})") from None

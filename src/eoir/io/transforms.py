@@ -17,7 +17,7 @@ import numpy as np
 from eoir.errors import InputError, reason
 from eoir.spatial import lps_affine
 
-__all__ = ["TRANSFORM_SUFFIXES", "read_transform", "transform_to_sitk"]
+__all__ = ["TRANSFORM_SUFFIXES", "read_transform", "transform_to_sitk", "world_from_sitk"]
 
 TRANSFORM_SUFFIXES = (".tfm", ".txt", ".mat")
 
@@ -61,14 +61,10 @@ def read_transform(path: str | os.PathLike, ndim: int = 3) -> np.ndarray:
         raise InputError(
             f"{p}: is a {transform.GetDimension()}-D transform; the images are {ndim}-D"
         )
-    # read the matrix off ndim + 1 points, then check it on others: linear, or refused
-    origin = np.array(transform.TransformPoint((0.0,) * ndim))
-    lps = np.eye(ndim + 1)
-    for axis in range(ndim):
-        unit = [0.0] * ndim
-        unit[axis] = 100.0
-        lps[:ndim, axis] = (np.array(transform.TransformPoint(tuple(unit))) - origin) / 100.0
-    lps[:ndim, ndim] = origin
+    # the matrix read off ndim + 1 points, then checked on others: linear, or refused
+    world = world_from_sitk(transform)
+    flip = _flip(ndim)
+    lps = flip @ world @ flip
     probes = np.random.default_rng(0).uniform(-150, 150, (8, ndim))
     for point in probes:
         expected = lps[:ndim, :ndim] @ point + lps[:ndim, ndim]
@@ -79,22 +75,50 @@ def read_transform(path: str | os.PathLike, ndim: int = 3) -> np.ndarray:
             )
     if not np.isfinite(lps).all() or abs(np.linalg.det(lps[:ndim, :ndim])) < 1e-6:
         raise InputError(f"{p}: the transform's matrix is singular or not finite")
+    return world
+
+
+def world_from_sitk(transform) -> np.ndarray:
+    """eoir's fixed -> moving RAS world matrix of a linear SimpleITK transform (fixed LPS ->
+    moving LPS), read off the images of ``ndim + 1`` points.
+
+    Parameters
+    ----------
+    transform : SimpleITK.Transform
+        Linear (a non-linear one gives its linearisation at the origin).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(ndim+1, ndim+1)``.
+    """
+    ndim = transform.GetDimension()
+    origin = np.array(transform.TransformPoint((0.0,) * ndim))
+    lps = np.eye(ndim + 1)
+    for axis in range(ndim):
+        unit = [0.0] * ndim
+        unit[axis] = 1.0
+        lps[:ndim, axis] = np.array(transform.TransformPoint(tuple(unit))) - origin
+    lps[:ndim, ndim] = origin
     flip = _flip(ndim)
     return flip @ lps @ flip
 
 
-def transform_to_sitk(world: np.ndarray):
+def transform_to_sitk(world: np.ndarray, centre: np.ndarray | None = None):
     """eoir's fixed -> moving RAS world matrix as a SimpleITK ``AffineTransform`` (LPS).
 
     Parameters
     ----------
     world : numpy.ndarray
         ``(ndim+1, ndim+1)`` fixed RAS world (mm) -> moving RAS world.
+    centre : numpy.ndarray, optional
+        The transform's centre, LPS mm (the origin if None): the same map, parametrised
+        about it (better conditioned for an optimiser).
 
     Returns
     -------
     SimpleITK.AffineTransform
-        Maps fixed LPS points to moving LPS points; centre at the origin.
+        Maps fixed LPS points to moving LPS points.
     """
     import SimpleITK as sitk
 
@@ -103,6 +127,11 @@ def transform_to_sitk(world: np.ndarray):
     flip = _flip(ndim)
     lps = flip @ a @ flip
     transform = sitk.AffineTransform(ndim)
-    transform.SetMatrix(lps[:ndim, :ndim].ravel().tolist())
-    transform.SetTranslation(lps[:ndim, ndim].tolist())
+    matrix, shift = lps[:ndim, :ndim], lps[:ndim, ndim]
+    if centre is not None:  # y = A (x - c) + c + t = A x + b  =>  t = b - c + A c
+        centre = np.asarray(centre, dtype=float)
+        transform.SetCenter(centre.tolist())
+        shift = shift - centre + matrix @ centre
+    transform.SetMatrix(matrix.ravel().tolist())
+    transform.SetTranslation(shift.tolist())
     return transform

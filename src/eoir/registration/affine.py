@@ -21,9 +21,10 @@ import torch.nn.functional as F
 
 from eoir.image import Image
 from eoir.io import as_sitk_image
+from eoir.io.transforms import transform_to_sitk, world_from_sitk
 from eoir.options import look_up_option
 from eoir.progress import ProgressLike, progress_for
-from eoir.spatial import lps_affine, sample
+from eoir.spatial import sample
 
 __all__ = ["AFFINE_MODELS", "AffineModel", "affine_align", "linear_align", "sitk_affine_align"]
 
@@ -336,16 +337,8 @@ def sitk_affine_align(
             f, m, sitk.AffineTransform(ndim), sitk.CenteredTransformInitializerFilter.MOMENTS
         )
     else:  # the given start, centred on the fixed image (better conditioned for the optimiser)
-        flip = lps_affine(np.eye(ndim + 1))
-        lps = flip @ np.asarray(initial, dtype=float) @ flip
-        centre = np.array(
-            f.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in f.GetSize()])
-        )
-        start = sitk.AffineTransform(ndim)
-        start.SetCenter(centre.tolist())
-        start.SetMatrix(lps[:ndim, :ndim].ravel().tolist())
-        # y = A (x - c) + c + t = A x + b  =>  t = b - c + A c
-        start.SetTranslation((lps[:ndim, ndim] - centre + lps[:ndim, :ndim] @ centre).tolist())
+        centre = f.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in f.GetSize()])
+        start = transform_to_sitk(initial, np.array(centre))
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
@@ -365,14 +358,4 @@ def sitk_affine_align(
         transform = method.Execute(f, m)
         shown.total = shown.done  # it stops when it converges
         shown.update(shown.done)
-    # the transform maps fixed LPS points to moving LPS points; read its matrix off ndim + 1
-    # points
-    origin = np.array(transform.TransformPoint((0.0,) * ndim))
-    lps = np.eye(ndim + 1)
-    for axis in range(ndim):
-        unit = [0.0] * ndim
-        unit[axis] = 1.0
-        lps[:ndim, axis] = np.array(transform.TransformPoint(tuple(unit))) - origin
-    lps[:ndim, ndim] = origin
-    flip = lps_affine(np.eye(ndim + 1))  # diag(-1, -1[, 1], 1)
-    return flip @ lps @ flip
+    return world_from_sitk(transform)

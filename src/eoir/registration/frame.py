@@ -113,5 +113,5 @@ def model_frame(
             work = -(-n // downsample)  # at the model's spacing already: as without a frame
         else:
             work = int(np.ceil(n * s / (spacing * downsample) - 1e-6))
-        sizes.append(max(min(8, n), work) if downsample > 1 or work != n else n)
+        sizes.append(max(min(8, n), work))
     return Frame(order, flips, tuple(sizes))
