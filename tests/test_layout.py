@@ -18,7 +18,7 @@ LAYERS = [
     ["eoir.cli"],
     ["eoir.demo"],
     ["eoir.training"],
-    ["eoir.registration"],
+    ["eoir.registration", "eoir.synth"],
     ["eoir.io", "eoir.nn", "eoir.losses"],
     ["eoir.metrics", "eoir.figure", "eoir.runtime", "eoir.progress"],
     ["eoir.spatial", "eoir.image", "eoir.pretrained"],

@@ -342,7 +342,8 @@ def _run_train(args: argparse.Namespace) -> int:
         return _relaunch(args.nproc, args.argv)
     if args.recipe and args.config:
         raise InputError("give --recipe or --config, not both (--set overrides either)")
-    config = load_config(args.recipe, args.config, args.set)
+    overrides = [*args.set, *([f"train.init={args.init}"] if args.init else [])]
+    config = load_config(args.recipe, args.config, overrides)
     result = train(
         args.dataset,
         args.out,
@@ -604,6 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SECTION.KEY=VALUE",
         help="override one key, e.g. --set optim.lr=2e-4 (repeatable)",
+    )
+    tr.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="start from a checkpoint's or a shipped model's weights (sets train.init)",
     )
     tr.add_argument("--max-steps", type=int, help="stop after N optimizer steps in all")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -150,7 +150,7 @@ def _scan_labels(spec: DatasetSpec) -> list[int]:
     return sorted(values)
 
 
-def load_dataset(path: str | Path) -> DatasetSpec:
+def load_dataset(path: str | Path, label_maps: bool = False) -> DatasetSpec:
     """Read a Learn2Reg ``dataset.json`` or a folder of images.
 
     A folder holds images (``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``, ``.nrrd``), directly or in
@@ -161,6 +161,10 @@ def load_dataset(path: str | Path) -> DatasetSpec:
     ----------
     path : path
         The ``dataset.json`` file, or a folder (with or without a ``dataset.json``).
+    label_maps : bool
+        A dataset of label maps for synthesis (:mod:`eoir.synth`): every subject needs a label
+        map and its image is not used; the files of a folder without ``images*/`` are label
+        maps themselves.
 
     Returns
     -------
@@ -205,7 +209,7 @@ def load_dataset(path: str | Path) -> DatasetSpec:
         # subjects of the evaluation pairs never train (Learn2Reg lists them under training too)
         held_out = {image for pair in val + test for image in (pair[0].image, pair[1].image)}
         training = [t for t in training if t.image not in held_out]
-        spec = _check(DatasetSpec(p, training, val, test))
+        spec = _check(_as_label_maps(DatasetSpec(p, training, val, test), label_maps))
         label_meta = meta.get("labels")
         names = label_meta.get("0") if isinstance(label_meta, dict) else None
         spec.labels = sorted({0} | {int(k) for k in names}) if names else _scan_labels(spec)
@@ -224,6 +228,20 @@ def load_dataset(path: str | Path) -> DatasetSpec:
     held = subjects[-2:] if len(subjects) >= 5 else []
     training = subjects[: len(subjects) - len(held)]
     val = [(held[0], held[1]), (held[1], held[0])] if held else []
-    spec = _check(DatasetSpec(p, training, val, []))
+    spec = _check(_as_label_maps(DatasetSpec(p, training, val, []), label_maps))
     spec.labels = _scan_labels(spec)
+    return spec
+
+
+def _as_label_maps(spec: DatasetSpec, label_maps: bool) -> DatasetSpec:
+    """With ``label_maps``, every subject as its label map (a file with none is one itself)."""
+    if not label_maps:
+        return spec
+
+    def as_map(subject: Subject) -> Subject:
+        return Subject(subject.label or subject.image, subject.label or subject.image)
+
+    spec.training = [as_map(s) for s in spec.training]
+    spec.val = [(as_map(f), as_map(m)) for f, m in spec.val]
+    spec.test = [(as_map(f), as_map(m)) for f, m in spec.test]
     return spec

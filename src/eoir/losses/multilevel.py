@@ -89,9 +89,12 @@ def multilevel_loss(
     terms = {name: total.detach().clone() for name in ("similarity", "smoothness", "dice")}
     for level, (field, velocity) in enumerate(zip(fields, residuals, strict=True)):
         weight = 2.0**-level
-        warped = warp(images_m[level], field)
-        window = windows[min(level, len(windows) - 1)]
-        sim = similarity_loss(similarity, warped, images_f[level], window)
+        if sim_weight > 0:
+            warped = warp(images_m[level], field)
+            window = windows[min(level, len(windows) - 1)]
+            sim = similarity_loss(similarity, warped, images_f[level], window)
+        else:  # label-supervised training (synthetic images of unrelated contrasts)
+            sim = total.new_zeros(())
         reg = gradient_loss(velocity, penalty)
         level_loss = sim_weight * sim + reg_weight * reg
         terms["similarity"] += weight * sim.detach()

@@ -147,6 +147,7 @@ class _Adam:
             p.grad = None
 
 
+@torch.enable_grad()  # it optimises: autograd on, whatever the caller's mode (validation)
 def linear_align(
     fixed: Image,
     moving: Image,

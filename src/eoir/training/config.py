@@ -22,6 +22,7 @@ from eoir.nn.checkpoint import ARCHITECTURES
 from eoir.nn.model import COMPOSITIONS
 from eoir.options import look_up_option
 from eoir.registration.preprocess import PRESETS
+from eoir.synth import SynthOptions
 from eoir.training.data import PAIRINGS
 
 __all__ = [
@@ -60,6 +61,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "atlas": 0,  # index of the atlas subject for pairing: atlas
         "cache": True,  # keep decoded volumes in memory
         "workers": 2,  # DataLoader worker processes
+        "synth": False,  # images synthesised from the label maps (eoir.synth; section synth)
     },
     "loss": {
         "similarity": "ncc",  # ncc | mse | mind
@@ -85,7 +87,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "log_every": 10,
         "amp": True,  # bf16 autocast on CUDA (ignored on CPU)
         "checkpointing": False,  # recompute activations in backward: less memory, more time
+        "init": "",  # start from these weights: a checkpoint or a shipped model's name
     },
+    # the generator's ranges when data.synth is on (documented in eoir.synth.SynthOptions)
+    "synth": SynthOptions().as_dict(),
 }
 
 
@@ -144,11 +149,15 @@ RANGES: dict[tuple[str, str], tuple[float, bool]] = {
     ("train", "val_pairs"): (0, True),
     ("train", "save_every"): (1, True),
     ("train", "log_every"): (1, True),
-}
+    **{("synth", key): (0, True) for key, value in SynthOptions().as_dict().items()
+       if key != "axes"},
+}  # fmt: skip
 
 
 def _check_range(value: Any, section: str, key: str, where: str) -> Any:
     """``value`` if every number in it is finite and at least the key's minimum."""
+    if section == "synth":
+        _check_synth(value, key, where)
     if (section, key) not in RANGES:
         return value
     least, inclusive = RANGES[section, key]
@@ -162,6 +171,31 @@ def _check_range(value: Any, section: str, key: str, where: str) -> Any:
     if (section, key) == ("loss", "windows") and any(int(w) % 2 == 0 for w in value):
         raise InputError(f"{where}: loss.windows = {value!r}: NCC windows must be odd")
     return value
+
+
+SYNTH_FRACTIONS = (
+    "same_map", "tissues", "background_zero", "skull_strip", "thick_slices", "crop",
+    "crop_fraction", "scaling",
+)  # fmt: skip
+
+
+def _check_synth(value: Any, key: str, where: str) -> None:
+    """The generator's own constraints: fractions at most 1, ranges ordered, a 3-D grid, axis
+    codes naming each anatomical direction once."""
+    problem = None
+    if key in SYNTH_FRACTIONS and value > 1:
+        problem = "must be <= 1"
+    elif key in ("mean", "sd") and (len(value) != 2 or value[0] > value[1]):
+        problem = "must be [low, high] with low <= high"
+    elif key == "shape" and (len(value) != 3 or min(value) < 8):
+        problem = "must be 3 sizes of at least 8 voxels"
+    elif key == "axes":
+        letters = str(value).upper()
+        groups = [next((g for g in ("LR", "AP", "SI") if c in g), None) for c in letters]
+        if len(letters) != 3 or None in groups or len(set(groups)) != 3:
+            problem = "must be 3 axis codes, one of L/R, A/P and S/I each (e.g. ASL)"
+    if problem:
+        raise InputError(f"{where}: synth.{key} = {value!r}: {problem}")
 
 
 def _coerce(value: Any, section: str, key: str, where: str) -> Any:

@@ -13,13 +13,30 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from nibabel.orientations import (
+    apply_orientation,
+    axcodes2ornt,
+    inv_ornt_aff,
+    io_orientation,
+    ornt_transform,
+)
 
 from eoir.errors import InputError
+from eoir.image import Image
 from eoir.io import Subject, check_labels, read_image
 from eoir.options import look_up_option
+from eoir.registration.affine import linear_align
 from eoir.registration.preprocess import check_finite, normalise
+from eoir.synth import (
+    EXTRA_CEREBRAL_FROM,
+    NON_BRAIN,
+    SynthOptions,
+    brain_labels,
+    synthesise_image,
+    tissue_groups,
+)
 
-__all__ = ["PAIRINGS", "PairDataset", "Pairing", "StepPairs", "epoch_pairs"]
+__all__ = ["PAIRINGS", "PairDataset", "Pairing", "StepPairs", "SynthPairDataset", "epoch_pairs"]
 
 Pairing = Literal["all", "random", "atlas"]
 PAIRINGS: dict[str, str] = {
@@ -174,3 +191,146 @@ class PairDataset(torch.utils.data.Dataset):
             out["fixed_labels"] = fixed_labels
             out["moving_labels"] = moving_labels
         return out
+
+
+class SynthPairDataset(torch.utils.data.Dataset):
+    """Image pairs synthesised from label maps (:mod:`eoir.synth`), for training without images.
+
+    Item ``i`` is a pure function of ``(seed, i)``: its fixed and moving label maps come from
+    ``pairs[i]`` (both from the fixed subject's map with probability ``options.same_map``: one
+    head under two deformations), each image is drawn by :func:`eoir.synth.synthesise_image`.
+    Items are dicts with ``fixed``/``moving`` ``(1, *options.shape)`` float32 images in [0, 1]
+    and ``fixed_labels``/``moving_labels`` ``(1, *options.shape)`` int64 label values of the
+    brain structures (background, CSF and head tissue are 0: the network is scored on brains).
+
+    Parameters
+    ----------
+    subjects : list of Subject
+        Their ``label`` maps are read (the images, if any, are not).
+    pairs : sequence of (int, int)
+        ``(fixed, moving)`` indices (a list, or :class:`StepPairs` indexed by global step).
+    values : sequence of int
+        Every label value of the maps (values not listed are read as background).
+    options : SynthOptions
+        The generator's ranges.
+    downsample : int
+        Resolution divisor: output voxels are ``downsample`` x the maps' finest spacing.
+    seed : int
+        Seed of the draws.
+    cache : bool
+        Keep the decoded (reoriented, indexed) maps in memory.
+    """
+
+    def __init__(
+        self,
+        subjects: list[Subject],
+        pairs: list[tuple[int, int]] | StepPairs,
+        values: list[int],
+        options: SynthOptions,
+        downsample: int = 2,
+        seed: int = 0,
+        cache: bool = True,
+    ) -> None:
+        self.subjects, self.pairs, self.options = subjects, pairs, options
+        self.values = np.asarray(sorted({0, *(int(v) for v in values)}), dtype=np.int64)
+        self.downsample, self.seed, self.cache = downsample, seed, cache
+        self.extra = torch.tensor(
+            [v in NON_BRAIN or v >= EXTRA_CEREBRAL_FROM for v in self.values.tolist()]
+        )
+        self.extra[0] = False  # the background is not stripped, it is zeroed by its own draw
+        self.groups = torch.tensor(tissue_groups(self.values.tolist()))
+        brain = set(brain_labels(self.values.tolist()))
+        self.scored = torch.tensor([v if v in brain else 0 for v in self.values.tolist()])
+        # an image to align heads by: white matter bright, grey matter mid, CSF dark
+        tissue = {2: 1.0, 41: 1.0, 7: 1.0, 46: 1.0, 16: 0.9, 28: 0.9, 60: 0.9}
+        csf = {4, 5, 14, 15, 24, 43, 44}
+        self._render = np.array(
+            [0.0 if not b else tissue.get(v, 0.1 if v in csf else 0.6)
+             for v, b in zip(self.values.tolist(), self.scored.tolist(), strict=True)]
+            , dtype=np.float32,
+        )  # fmt: skip
+        self._ref: tuple[Image, np.ndarray, np.ndarray] | None = None
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs) if isinstance(self.pairs, list) else 2**62
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Label indices of subject ``index`` in the output axis order and their voxel -> RAS
+        affine."""
+        subject = self.subjects[index]
+        path = subject.label if subject.label is not None else subject.image
+        label_map = read_image(path, "label map")
+        check_labels(label_map, "label map")
+        if label_map.ndim != 3:
+            raise InputError(f"{path}: label maps for synthesis must be 3-D")
+        turn = ornt_transform(io_orientation(label_map.affine), axcodes2ornt(self.options.axes))
+        array = apply_orientation(np.asarray(label_map.array), turn).astype(np.int64)
+        affine = label_map.affine @ inv_ornt_aff(turn, label_map.shape)
+        found = np.searchsorted(self.values, array).clip(0, len(self.values) - 1)
+        return np.where(self.values[found] == array, found, 0), affine
+
+    def _reference(self) -> tuple[Image, np.ndarray, np.ndarray]:
+        """The head every map is aligned to (the first subject's): its grid, rendered
+        tissue image and the centre (voxels) of its brain structures."""
+        if self._ref is None:
+            indices, affine = self._read(0)
+            render = self._render[indices]
+            brain = self.scored.numpy()[indices] > 0
+            centre = (
+                np.argwhere(brain).mean(0) if brain.any() else (np.array(indices.shape) - 1) / 2
+            )
+            self._ref = (Image(render, affine), render, centre)
+        return self._ref
+
+    @property
+    def spacing(self) -> float:
+        """The reference head's finest voxel size, mm: images are drawn at ``downsample`` x
+        this (the training spacing a checkpoint records)."""
+        return float(min(self._reference()[0].spacing))
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Label indices ``(1, 1, *source)`` of subject ``index`` in the output axis order and
+        the ``(4, 4)`` map from the reference head's voxels to its voxels: an affine alignment
+        of the two brains (:func:`eoir.registration.affine.linear_align` on tissue images
+        rendered from the labels), so that two heads scanned in different positions make a
+        pair as affinely aligned as ``eoir register --affine`` makes real ones (cached)."""
+        if index in self._cache:
+            return self._cache[index]
+        indices, affine = self._read(index)
+        reference, ref_values, _ = self._reference()
+        if index == 0:
+            to_source = np.eye(4)
+        else:
+            values = self._render[indices]
+            world = linear_align(reference, Image(values, affine), ref_values, values)
+            to_source = np.linalg.inv(affine) @ world @ reference.affine
+        dtype = torch.uint8 if len(self.values) < 256 else torch.int16
+        entry = (torch.from_numpy(indices).to(dtype)[None, None], torch.from_numpy(to_source))
+        if self.cache:
+            self._cache[index] = entry
+        return entry
+
+    def _image(self, generator: torch.Generator, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels, to_source = self.load(index)
+        reference, _, centre = self._reference()
+        spacing = reference.spacing
+        image, label_map = synthesise_image(
+            generator, labels, self.extra, self.options, self.groups, spacing,
+            self.downsample * min(spacing), centre, to_source,
+        )  # fmt: skip
+        return image[0], self.scored[label_map[0]]
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        fixed_index, moving_index = self.pairs[item]
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(item))
+        if float(torch.rand((), generator=generator)) < self.options.same_map:
+            moving_index = fixed_index
+        fixed, fixed_labels = self._image(generator, fixed_index)
+        moving, moving_labels = self._image(generator, moving_index)
+        return {
+            "fixed": fixed,
+            "moving": moving,
+            "fixed_labels": fixed_labels,
+            "moving_labels": moving_labels,
+        }

@@ -32,13 +32,14 @@ from eoir.errors import InputError
 from eoir.io import image_frame, load_dataset
 from eoir.losses import multilevel_loss, ncc_loss, one_hot
 from eoir.metrics import mean_dice
-from eoir.nn.checkpoint import build_model, read_checkpoint, save_model
+from eoir.nn.checkpoint import build_model, load_model, read_checkpoint, save_model
 from eoir.options import positive
 from eoir.progress import Progress
 from eoir.runtime import distributed, finish_distributed, rank_device, resolve_device
 from eoir.spatial import warp
+from eoir.synth import SynthOptions, brain_labels
 from eoir.training.config import save_config
-from eoir.training.data import PairDataset, StepPairs
+from eoir.training.data import PairDataset, StepPairs, SynthPairDataset
 
 __all__ = [
     "RUN_FILES",
@@ -291,17 +292,26 @@ def train(
         config = state["run_config"]
     if max_steps is not None:
         config["optim"]["max_steps"] = int(max_steps)
-    spec = load_dataset(dataset)
-    if not spec.training:
-        raise InputError(f"{spec.source}: no training images")
     mc, dc, tc = (config[k] for k in ("model", "data", "train"))
+    synth = bool(dc["synth"])
+    spec = load_dataset(dataset, label_maps=synth)
+    if not spec.training:
+        raise InputError(f"{spec.source}: no training {'label maps' if synth else 'images'}")
+    if synth and float(config["loss"]["dice_weight"]) <= 0:
+        raise InputError(
+            "data.synth: images synthesised from label maps train on Dice: set loss.dice_weight > 0"
+        )
     if bool(tc["checkpointing"]) and mc["architecture"] != "eoir":
         raise InputError(f"train.checkpointing: not available for {mc['architecture']} models")
     torch.manual_seed(int(tc["seed"]))
     np.random.seed(int(tc["seed"]))  # noqa: NPY002
     random.seed(int(tc["seed"]))
     model = build_model(mc, strict=False).to(dev)
-    _check_input_size(spec, int(dc["downsample"]), model)
+    if tc["init"] and state is None:
+        _initialise(model, str(tc["init"]))
+    if synth:
+        spec.shape = tuple(int(n) for n in config["synth"]["shape"])  # the generator's grid
+    _check_input_size(spec, 1 if synth else int(dc["downsample"]), model)
     pairs = StepPairs(
         len(spec.training), dc["pairing"], int(tc["seed"]), rank, world, int(dc["atlas"])
     )
@@ -322,6 +332,22 @@ def train(
         if rank == 0 and not started and not (out / "last.pt").exists():
             _discard(out)  # a start that failed leaves nothing to refuse a retry with
         raise
+
+
+def _initialise(model: torch.nn.Module, source: str) -> None:
+    """Copy the weights of a checkpoint or shipped model (``train.init``) into ``model``."""
+    start = load_model(source)
+    if type(start) is not type(model):
+        raise InputError(
+            f"train.init {source}: a {type(start).__name__}, not a {type(model).__name__}"
+        )
+    keys = ("architecture", "ndim", "width", "levels", "ks", "large_kernel", "lk_size")
+    have = {k: model.config.get(k) for k in keys if k in model.config}
+    given = {k: start.config.get(k) for k in have}
+    if have != given:
+        differ = ", ".join(f"{k} {given[k]} (model {have[k]})" for k in have if have[k] != given[k])
+        raise InputError(f"train.init {source}: another network ({differ})")
+    model.load_state_dict(start.state_dict())
 
 
 def _discard(out: Path) -> None:
@@ -395,9 +421,22 @@ def _run(
 
     # the frame the network is trained in, recorded so that registration feeds it the same
     axes, spacing = image_frame(spec.training[0].image)
-    train_data = PairDataset(
-        spec.training, pairs, dc["preset"], int(dc["downsample"]), bool(dc["cache"])
-    )
+    synth = bool(dc["synth"])
+    dice_labels: list[int] = list(spec.labels)
+    if synth:
+        options = SynthOptions.from_dict(config["synth"])
+        dice_labels = brain_labels(spec.labels)
+        synth_data = SynthPairDataset(
+            spec.training, pairs, spec.labels, options, int(dc["downsample"]),
+            int(tc["seed"]), bool(dc["cache"]),
+        )  # fmt: skip
+        # images are drawn in the options' axes at downsample x the maps' finest spacing
+        axes, spacing = options.axes, synth_data.spacing
+        train_data: torch.utils.data.Dataset = synth_data
+    else:
+        train_data = PairDataset(
+            spec.training, pairs, dc["preset"], int(dc["downsample"]), bool(dc["cache"])
+        )
     workers = int(dc["workers"])
     loader = torch.utils.data.DataLoader(
         train_data,
@@ -409,12 +448,14 @@ def _run(
     )
     val_list = spec.val[: int(tc["val_pairs"])] if int(tc["val_pairs"]) else spec.val
     subjects = [s for pair in val_list for s in pair]
-    val_data = PairDataset(
-        subjects,
-        [(2 * i, 2 * i + 1) for i in range(len(val_list))],
-        dc["preset"],
-        int(dc["downsample"]),
-    )
+    val_pairs = [(2 * i, 2 * i + 1) for i in range(len(val_list))]
+    if synth:  # the same synthetic pairs at every validation (a seed of their own)
+        val_data: torch.utils.data.Dataset = SynthPairDataset(
+            subjects, val_pairs, spec.labels, options, int(dc["downsample"]),
+            int(tc["seed"]) + 1,
+        )  # fmt: skip
+    else:
+        val_data = PairDataset(subjects, val_pairs, dc["preset"], int(dc["downsample"]))
     val_every = int(tc["val_every"]) or pairs.steps_per_epoch
     use_dice = float(lc["dice_weight"]) > 0
     amp = bool(tc["amp"]) and dev.type == "cuda"
@@ -428,8 +469,8 @@ def _run(
             labels = {}
             if use_dice and "moving_labels" in batch:
                 labels = {
-                    "moving_labels": one_hot(batch["moving_labels"].to(dev), spec.labels),
-                    "fixed_labels": one_hot(batch["fixed_labels"].to(dev), spec.labels),
+                    "moving_labels": one_hot(batch["moving_labels"].to(dev), dice_labels),
+                    "fixed_labels": one_hot(batch["fixed_labels"].to(dev), dice_labels),
                 }
             loss, terms = training_step(net, optimizer, moving, fixed, lc, amp, **labels)
             if not torch.isfinite(loss):
