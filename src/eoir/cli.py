@@ -521,8 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument(
         "--similarity",
         choices=list(SIMILARITIES),
-        help="ncc (one contrast, default) or mind (different contrasts: mutual information in "
-        "the affine stage, MIND-SSC in optimisation steps); mse for optimisation steps",
+        help="ncc (one contrast, default); for different contrasts (T2 to T1, CT to MR) mind "
+        "(MIND-SSC in optimisation steps) or mi (mutual information), both aligning the affine "
+        "stage by mutual information; mse for optimisation steps",
     )
     reg.add_argument(
         "--initial-transform",

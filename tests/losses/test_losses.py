@@ -14,6 +14,7 @@ from eoir.losses import (
     mind_loss,
     mind_ssc,
     multilevel_loss,
+    mutual_information_loss,
     ncc_loss,
     one_hot,
     pyramid,
@@ -95,6 +96,21 @@ def test_mind_is_modality_independent(shape):
     assert mind_loss(1.0 - image, moved) > 1e-3
 
 
+@pytest.mark.parametrize("shape", [(24, 28), (14, 16, 18)])
+def test_mutual_information_rewards_alignment_whatever_the_contrast(shape):
+    image = _textured(shape, 0)
+    other_contrast = (1.0 - image) ** 2  # a monotone but nonlinear remapping
+    moved = warp(other_contrast, smooth_field(shape, 2.0, seed=2))
+    aligned = mutual_information_loss(other_contrast, image)
+    assert aligned < mutual_information_loss(moved, image) - 0.05
+    # MI of an image with itself is its entropy, the largest any partner reaches
+    assert mutual_information_loss(image, image) <= aligned + 1e-4
+    assert torch.isfinite(aligned) and aligned < 0
+    grad = torch.zeros_like(image, requires_grad=True)
+    mutual_information_loss(moved + grad, image).backward()
+    assert grad.grad is not None and grad.grad.abs().sum() > 0
+
+
 def test_gradient_loss_known_values():
     assert gradient_loss(torch.ones(1, 3, 6, 6, 6) * 4.0) == 0
     ramp = torch.arange(6.0).view(1, 1, 6, 1, 1).expand(1, 3, 6, 5, 4) * 0.5
@@ -128,7 +144,7 @@ def test_gaussian_blur_and_pyramid():
     assert [tuple(x.shape[2:]) for x in levels] == [(16, 16, 4), (8, 8, 4), (4, 4, 4)]
 
 
-@pytest.mark.parametrize("similarity", ["ncc", "mse", "mind"])
+@pytest.mark.parametrize("similarity", ["ncc", "mse", "mind", "mi"])
 def test_multilevel_loss_terms_and_gradients(similarity):
     shape = (20, 18, 22)  # odd sizes: the model pads, the loss pads the images to match
     model = EOIR(width=4, levels=3)
@@ -145,7 +161,7 @@ def test_multilevel_loss_terms_and_gradients(similarity):
         fixed_labels=labels.flip(2),
     )
     assert total.dim() == 0 and torch.isfinite(total)
-    assert terms["similarity"] > 0 and terms["smoothness"] > 0 and terms["dice"] > 0
+    assert terms["similarity"] != 0 and terms["smoothness"] > 0 and terms["dice"] > 0  # -MI < 0
     total.backward()
     assert all(p.grad is not None for p in model.parameters())
     no_dice, terms = multilevel_loss(

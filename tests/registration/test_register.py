@@ -526,3 +526,24 @@ def test_the_inverse_field_undoes_the_registration_and_reads_in_simpleitk(pair, 
     ours = eoir.read_image(out["f_on_m"]).array.astype(np.float64)
     inside = (slice(3, -3),) * 3
     assert np.abs(theirs - ours)[inside].max() <= 1.0  # ours is rounded to the image's int16
+
+
+@pytest.mark.parametrize("similarity", ["mind", "mi"])
+def test_multimodal_optimisation_recovers_a_known_field(similarity):
+    """A volume against a nonlinear remapping of its contrast, deformed by a known field: the
+    multimodal instance optimisation brings the field closer to the truth (measured: mean error
+    1.41 -> 1.05 voxels with MIND-SSC, -> 0.91 with mutual information)."""
+    shape = (40, 36, 32)
+    fixed = blob_volume(shape, seed=5) + blob_volume(shape, seed=9)
+    fixed = fixed / fixed.max()
+    truth = smooth_field(shape, 2.5, seed=3)
+    other = torch.from_numpy((1.0 - fixed) ** 2).float()[None, None]
+    # moving(p + truth(p)) = other(p): the moving image is `other` pushed forward by the truth
+    inverse = eoir.spatial.invert(truth.double()).float()
+    moving = eoir.spatial.warp(other, inverse)[0, 0].numpy()
+    result = eoir.register(fixed, moving, model=None, progress=False, device="cpu",
+                           optimize_options={"similarity": similarity})  # fmt: skip
+    inside = torch.from_numpy(fixed > 0.1)
+    before = truth[0].norm(dim=0)[inside].mean()
+    after = (result.disp[0] - truth[0]).norm(dim=0)[inside].mean()
+    assert after < 0.8 * before, (float(before), float(after))

@@ -1,6 +1,6 @@
 """Losses: image similarity, smoothness, label overlap, and EOIR's multi-level loss.
 
-- :mod:`eoir.losses.similarity`: windowed NCC, MSE, MIND-SSC (``SIMILARITIES``);
+- :mod:`eoir.losses.similarity`: windowed NCC, MSE, MIND-SSC, mutual information (``SIMILARITIES``);
 - :mod:`eoir.losses.smoothness`: L1/L2 forward-difference penalties (``PENALTIES``);
 - :mod:`eoir.losses.labels`: one-hot encoding and soft Dice;
 - :mod:`eoir.losses.filters`: box and Gaussian filters, image pyramids;
@@ -17,6 +17,7 @@ from eoir.losses.similarity import (
     mind_loss,
     mind_ssc,
     mse_loss,
+    mutual_information_loss,
     ncc_loss,
     similarity_loss,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "mind_ssc",
     "mse_loss",
     "multilevel_loss",
+    "mutual_information_loss",
     "ncc_loss",
     "one_hot",
     "pyramid",

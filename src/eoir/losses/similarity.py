@@ -1,4 +1,5 @@
-"""Image similarity: windowed NCC, MSE and MIND-SSC, and the table that names them.
+"""Image similarity: windowed NCC, MSE, MIND-SSC and mutual information, and the table that
+names them.
 
 All take ``(B, C, *spatial)`` tensors (2-D or 3-D) and return a scalar to minimise.
 
@@ -28,6 +29,7 @@ __all__ = [
     "mind_loss",
     "mind_ssc",
     "mse_loss",
+    "mutual_information_loss",
     "ncc_loss",
     "similarity_loss",
 ]
@@ -154,7 +156,42 @@ def mind_loss(warped: torch.Tensor, fixed: torch.Tensor, radius: int = 2, dilati
     return F.mse_loss(mind_ssc(warped, radius, dilation), mind_ssc(fixed, radius, dilation))
 
 
-Similarity = Literal["ncc", "mse", "mind"]
+def mutual_information_loss(
+    warped: torch.Tensor, fixed: torch.Tensor, bins: int = 32, sigma: float = 1.0
+) -> torch.Tensor:
+    """Negative global mutual information with Gaussian Parzen windows (multimodal).
+
+    Each value is spread over ``bins`` centres evenly spaced on [0, 1] by a Gaussian of SD
+    ``sigma / bins``; the joint histogram is their outer product summed over voxels
+    (differentiable).
+
+    Parameters
+    ----------
+    warped, fixed : torch.Tensor
+        Tensors of the same number of elements with values in about [0, 1] (images
+        ``(B, 1, *spatial)``, or samples ``(N,)``); all their elements are one sample.
+    bins : int
+        Histogram bins per image.
+    sigma : float
+        Parzen window SD, in units of ``1 / bins``.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar ``-MI`` in nats.
+    """
+    a, b = warped.reshape(-1).float(), fixed.reshape(-1).float()
+    centres = torch.linspace(0, 1, bins, device=a.device)
+    wa = torch.exp(-0.5 * ((a[:, None] - centres) * bins / sigma) ** 2)
+    wb = torch.exp(-0.5 * ((b[:, None] - centres) * bins / sigma) ** 2)
+    wa = wa / wa.sum(1, keepdim=True).clamp(min=1e-12)
+    wb = wb / wb.sum(1, keepdim=True).clamp(min=1e-12)
+    joint = wa.T @ wb / a.shape[0]
+    outer = joint.sum(1)[:, None] * joint.sum(0)[None]
+    return -(joint * (torch.log(joint + 1e-10) - torch.log(outer + 1e-10))).sum()
+
+
+Similarity = Literal["ncc", "mse", "mind", "mi"]
 
 
 def similarity_loss(
@@ -168,8 +205,9 @@ def similarity_loss(
 
     Parameters
     ----------
-    similarity : {"ncc", "mse", "mind"}
-        Windowed NCC, mean squared difference, or MIND-SSC (multimodal).
+    similarity : {"ncc", "mse", "mind", "mi"}
+        Windowed NCC, mean squared difference, MIND-SSC or global mutual information (the last
+        two multimodal).
     warped, fixed : torch.Tensor
         ``(B, 1, *spatial)`` images.
     window : int
@@ -190,4 +228,5 @@ SIMILARITIES: dict[str, Callable[[torch.Tensor, torch.Tensor, int, float], torch
     "ncc": ncc_loss,
     "mse": lambda warped, fixed, window, eps: mse_loss(warped, fixed),
     "mind": lambda warped, fixed, window, eps: mind_loss(warped, fixed),
+    "mi": lambda warped, fixed, window, eps: mutual_information_loss(warped, fixed),
 }

@@ -4,8 +4,8 @@
 principal axes of both images at 8 mm; each rotation the principal axes leave open (their four
 sign choices, and none) is refined rigidly at 8 mm and the best kept; then the transform is
 optimised (Adam) at 4 mm and 2 mm on a fixed random sample of the fixed image's foreground
-voxels, with global NCC (one contrast) or mutual information (``similarity="mind"``: contrasts
-differ). :func:`sitk_affine_align`:
+voxels, with global NCC (one contrast) or mutual information (``similarity="mind"`` or ``"mi"``:
+contrasts differ). :func:`sitk_affine_align`:
 SimpleITK's registration method (Mattes mutual information, 3 resolutions), kept for comparison
 and for 2-D images. ``benchmarks/affine_native.py`` measures both.
 """
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from eoir.image import Image
 from eoir.io import as_sitk_image
 from eoir.io.transforms import transform_to_sitk, world_from_sitk
+from eoir.losses import mutual_information_loss
 from eoir.options import look_up_option
 from eoir.progress import ProgressLike, progress_for
 from eoir.spatial import sample
@@ -86,21 +87,14 @@ def _ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return -(a * b).sum() / (a.norm() * b.norm() + 1e-8)
 
 
-def _mutual_information(a: torch.Tensor, b: torch.Tensor, bins: int = 32) -> torch.Tensor:
-    """Negative mutual information of two samples in [0, 1], Gaussian Parzen windows."""
-    centres = torch.linspace(0, 1, bins)
-    wa = torch.exp(-0.5 * ((a[:, None] - centres) * bins) ** 2)
-    wb = torch.exp(-0.5 * ((b[:, None] - centres) * bins) ** 2)
-    wa = wa / wa.sum(1, keepdim=True)
-    wb = wb / wb.sum(1, keepdim=True)
-    joint = wa.T @ wb / a.shape[0]
-    outer = joint.sum(1)[:, None] * joint.sum(0)[None]
-    return -(joint * (torch.log(joint + 1e-10) - torch.log(outer + 1e-10))).sum()
-
-
 # the instance-optimisation similarity -> the affine stage's (MIND needs neighbourhoods that
 # 4 mm voxels blur away: mutual information serves the multimodal case)
-_SIMILARITIES = {"ncc": _ncc, "mse": _ncc, "mind": _mutual_information}
+_SIMILARITIES = {
+    "ncc": _ncc,
+    "mse": _ncc,
+    "mind": mutual_information_loss,
+    "mi": mutual_information_loss,
+}
 
 
 def _sampler(x: torch.Tensor, affine: np.ndarray):
@@ -171,9 +165,9 @@ def linear_align(
         Their normalised intensities (about [0, 1]), on their own grids.
     model : {"affine", "rigid"}
         The transform's degrees of freedom.
-    similarity : {"ncc", "mse", "mind"}
+    similarity : {"ncc", "mse", "mind", "mi"}
         Instance optimisation's similarity: ``ncc`` and ``mse`` align by global NCC,
-        ``mind`` (different contrasts) by mutual information.
+        ``mind`` and ``mi`` (different contrasts) by mutual information.
     steps : tuple of int
         Adam steps at 4 mm and at 2 mm.
     points : int

@@ -75,8 +75,8 @@ def optimise_field(
         Weight of the diffusion penalty.
     window : int
         NCC window, voxels of the stage grid.
-    similarity : {"ncc", "mse", "mind"}
-        Image term.
+    similarity : {"ncc", "mse", "mind", "mi"}
+        Image term (:data:`eoir.losses.SIMILARITIES`).
     eps : float
         NCC's stabiliser, far below training's :data:`eoir.losses.NCC_EPS` (1e-5): with that
         one the optimisation sharpened smooth images instead of aligning them (Dice of a

@@ -468,8 +468,8 @@ def register(
     affine : bool or {"affine", "rigid"}
         Align first (True: ``"affine"``): eoir's linear stage (moments, then a 4 -> 2 mm
         optimisation with global NCC, or mutual information with
-        ``optimize_options={"similarity": "mind"}`` for different contrasts; SimpleITK for 2-D
-        images, :mod:`eoir.registration.affine`); the result includes it.
+        ``optimize_options={"similarity": "mind"}`` or ``"mi"`` for different contrasts;
+        SimpleITK for 2-D images, :mod:`eoir.registration.affine`); the result includes it.
     preset : {"mri", "ct", "lung", "none"}
         Intensity normalisation (internal only; see
         :func:`eoir.registration.preprocess.normalise`).
