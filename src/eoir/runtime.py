@@ -18,6 +18,7 @@ from eoir.options import look_up_option
 __all__ = [
     "DEVICE_TYPES",
     "Device",
+    "bf16_native",
     "distributed",
     "finish_distributed",
     "rank_device",
@@ -30,6 +31,20 @@ DEVICE_TYPES: dict[str, str] = {
     "cuda": "an NVIDIA GPU (cuda or cuda:N)",
 }
 Device = Literal["auto", "cpu", "cuda"]
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU, or a CPU with oneDNN's bf16
+    kernels (AVX512-BF16 or AMX). Elsewhere bf16 arithmetic is emulated, hundreds of times
+    slower than float32 (a 2048x2048 matmul: 0.3 against 155 GFLOP/s on an AVX2 EPYC)."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -219,6 +219,7 @@ def test_training_from_label_maps_lowers_the_dice_loss(tmp_path):
     assert after > before + 0.02, (before, after)  # Dice of held-out heads' brain structures
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert all(float(r["similarity"]) == 0.0 for r in rows)  # no image term: labels only
+    assert all(0.0 <= float(r["wait"]) <= 1.0 for r in rows)  # the share spent waiting for data
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert state["input_axes"] == "ASL" and state["input_spacing_mm"] == 4.0
 

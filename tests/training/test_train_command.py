@@ -456,3 +456,13 @@ def test_a_2d_dataset_trains_registers_and_evaluates(tmp_path):
     assert ran.returncode == 0, ran.stderr
     rows = list(csv.DictReader(open(tmp_path / "ev.csv")))
     assert len(rows) == 2 and all(0 < float(r["dice"]) <= 1 for r in rows)
+
+
+def test_bf16_autocast_only_where_bf16_is_native(monkeypatch):
+    """train.amp autocasts on a GPU and on CPUs with native bf16, never where it is emulated."""
+    from eoir.runtime import bf16_native
+
+    assert bf16_native(torch.device("cuda"))
+    for native in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda n=native: n)
+        assert bf16_native(torch.device("cpu")) is native

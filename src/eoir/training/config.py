@@ -85,7 +85,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "val_pairs": 0,  # validate on the first N pairs (0: all)
         "save_every": 50,  # last.pt every N steps (and at the end)
         "log_every": 10,
-        "amp": True,  # bf16 autocast on CUDA (ignored on CPU)
+        "amp": True,  # bf16 autocast where bf16 is native (CUDA; CPUs with AVX512-BF16/AMX)
         "checkpointing": False,  # recompute activations in backward: less memory, more time
         "init": "",  # start from these weights: a checkpoint or a shipped model's name
     },

@@ -35,7 +35,13 @@ from eoir.metrics import mean_dice
 from eoir.nn.checkpoint import build_model, load_model, read_checkpoint, save_model
 from eoir.options import positive
 from eoir.progress import Progress
-from eoir.runtime import distributed, finish_distributed, rank_device, resolve_device
+from eoir.runtime import (
+    bf16_native,
+    distributed,
+    finish_distributed,
+    rank_device,
+    resolve_device,
+)
 from eoir.spatial import warp
 from eoir.synth import SynthOptions, brain_labels
 from eoir.training.config import save_config
@@ -49,7 +55,10 @@ __all__ = [
 ]
 
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.csv", "tensorboard")
-CSV_FIELDS = ["step", "epoch", "loss", "similarity", "smoothness", "dice", "lr", "val", "seconds"]
+# wait: the fraction of the time since the previous row spent waiting for the data loader
+CSV_FIELDS = [
+    "step", "epoch", "loss", "similarity", "smoothness", "dice", "lr", "val", "seconds", "wait",
+]  # fmt: skip
 
 
 def _rng_state() -> dict[str, Any]:
@@ -110,8 +119,12 @@ class _Log:
         if not enabled:
             return
         new = not (out / "metrics.csv").exists()
+        fields = CSV_FIELDS
+        if not new:  # a resumed run keeps its file's columns (an older eoir wrote fewer)
+            with open(out / "metrics.csv", newline="") as existing:
+                fields = next(csv.reader(existing), None) or CSV_FIELDS
         self.csv_file = open(out / "metrics.csv", "a", newline="")
-        self.csv = csv.DictWriter(self.csv_file, fieldnames=CSV_FIELDS)
+        self.csv = csv.DictWriter(self.csv_file, fieldnames=fields, extrasaction="ignore")
         if new:
             self.csv.writeheader()
         try:
@@ -458,12 +471,19 @@ def _run(
         val_data = PairDataset(subjects, val_pairs, dc["preset"], int(dc["downsample"]))
     val_every = int(tc["val_every"]) or pairs.steps_per_epoch
     use_dice = float(lc["dice_weight"]) > 0
-    amp = bool(tc["amp"]) and dev.type == "cuda"
+    amp = bool(tc["amp"]) and bf16_native(dev)  # emulated bf16 would be far slower
     log = _Log(out, total, start, rank == 0, echo, progress)
     began = time.perf_counter()
     step = start
+    batches = iter(loader)
+    waited, since = 0.0, began  # seconds spent waiting for data since the last logged row
     try:
-        for step_index, batch in zip(range(start, total), loader, strict=False):
+        for step_index in range(start, total):
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            waited += time.perf_counter() - asked
             fixed = batch["fixed"].to(dev, non_blocking=True)
             moving = batch["moving"].to(dev, non_blocking=True)
             labels = {}
@@ -492,6 +512,9 @@ def _run(
                     "lr": optimizer.param_groups[0]["lr"],
                     "seconds": round(time.perf_counter() - began, 3),
                 }
+                now = time.perf_counter()
+                row["wait"] = round(waited / max(now - since, 1e-9), 4)
+                waited, since = 0.0, now
             if validate and rank == 0 and len(val_data):
                 row["val"] = validation_score(model, val_data, dev)
                 if row["val"] > best:
