@@ -14,7 +14,8 @@ fixed image's brain voxels, mm):
   of another contrast; error over the brain structures.
 
 Inter-subject: **OASIS-TRT-20** validation pairs (T1, 1 mm, aligned), Dice by one forward pass
-(Learn2Reg convention, labels present in both).
+(Learn2Reg convention, labels present in both); pairs drawn by the ``synth-brain`` generator from
+the held-out label maps (random contrasts, skull on or off), Dice of the brain structures.
 
 Each method registers every case with :func:`eoir.register` on the CPU (its defaults: no affine
 stage, the pairs are aligned). ``--ants`` adds ANTs SyN with mutual information (antspyx,
@@ -195,6 +196,34 @@ def oasis_dice(model: str, pairs: int) -> tuple[float, float]:
     return float(np.mean(dice)), statistics.median(seconds)
 
 
+def synth_pairs_dice(model: str, pairs: int) -> tuple[float, float]:
+    """Mean Dice of the brain structures over ``pairs`` synthetic pairs drawn as the
+    ``synth-brain`` recipe validates (held-out label maps 19 and 20, its generator), before and
+    after one forward pass of ``model`` at the recipe's resolution."""
+    from eoir.metrics import mean_dice
+    from eoir.nn.checkpoint import load_model
+    from eoir.synth import SynthOptions
+    from eoir.training.config import load_config
+    from eoir.training.data import SynthPairDataset
+
+    config = load_config("synth-brain")
+    spec = load_dataset(DATA / "synthseg-label-maps", label_maps=True)
+    subjects = [s for pair in spec.val for s in pair]
+    order = [(2 * i, 2 * i + 1) for i in range(len(spec.val))]
+    data = SynthPairDataset(subjects, order * (pairs // len(order) + 1), spec.labels,
+                            SynthOptions.from_dict(config["synth"]), 2, seed=1)  # fmt: skip
+    net = load_model(model)
+    before, after = [], []
+    for index in range(pairs):
+        item = data[index]
+        with torch.no_grad():
+            disp = net(item["moving"][None], item["fixed"][None])
+        warped = warp(item["moving_labels"][None].double(), disp.double(), mode="nearest")
+        before.append(mean_dice(item["fixed_labels"], item["moving_labels"], item["moving_labels"]))
+        after.append(mean_dice(item["fixed_labels"], warped, item["moving_labels"]))
+    return float(np.mean(before)), float(np.mean(after))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["brain-mri"],
@@ -202,6 +231,8 @@ def main() -> None:
     parser.add_argument("--ants", help="a Python with antspyx: adds ANTs SyN (MI) rows")
     parser.add_argument("--oasis-pairs", type=int, default=6)
     parser.add_argument("--skip-oasis", action="store_true")
+    parser.add_argument("--synth-pairs", type=int, default=8,
+                        help="synthetic pairs from held-out label maps (0: none)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     cases = tcga_cases() + skull_on_cases()
@@ -226,6 +257,11 @@ def main() -> None:
     for method, kinds in table.items():
         means = ", ".join(f"{k} {np.mean(v):.2f} mm" for k, v in kinds.items())
         print(f"mean error, {method}: {means}")
+    for model in args.models:
+        if model != "none" and args.synth_pairs:
+            before, after = synth_pairs_dice(model, args.synth_pairs)
+            print(f"synthetic pairs of held-out heads (synth-brain's validation draw), {model}: "
+                  f"Dice {before:.3f} -> {after:.3f} over {args.synth_pairs} pairs")  # fmt: skip
     if not args.skip_oasis:
         for model in args.models:
             if model == "none":
