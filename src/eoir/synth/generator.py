@@ -125,6 +125,21 @@ def _chance(generator: torch.Generator, p: float) -> bool:
     return bool(torch.rand((), generator=generator) < p)
 
 
+def _coarse_noise(
+    generator: torch.Generator,
+    channels: int,
+    shape: Sequence[int],
+    sd: float,
+    spacing: float,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Gaussian noise of SD ``sd`` drawn (on the CPU) on a grid ``spacing`` output voxels apart
+    (at least 1), upsampled linearly onto ``shape`` on ``device``: ``(1, channels, *shape)``."""
+    coarse = [max(2, math.ceil(n / max(spacing, 1.0)) + 1) for n in shape]
+    values = torch.randn(1, channels, *coarse, generator=generator) * sd
+    return F.interpolate(values.to(device), size=list(shape), mode="trilinear", align_corners=True)
+
+
 def random_affine(
     generator: torch.Generator, options: SynthOptions, spacing_mm: float = 1.0
 ) -> torch.Tensor:
@@ -185,9 +200,7 @@ def random_velocity(
     torch.Tensor
         ``(1, 3, X, Y, Z)`` velocity in output voxels.
     """
-    coarse = [max(2, math.ceil(n / max(spacing, 1.0)) + 1) for n in shape]
-    values = torch.randn(1, 3, *coarse, generator=generator) * sd
-    return F.interpolate(values.to(device), size=list(shape), mode="trilinear", align_corners=True)
+    return _coarse_noise(generator, 3, shape, sd, spacing, device)
 
 
 def sample_labels(
@@ -291,9 +304,7 @@ def bias_field(
     torch.Tensor
         ``(1, 1, X, Y, Z)`` float32 on the CPU.
     """
-    coarse = [max(2, math.ceil(n / max(spacing, 1.0)) + 1) for n in shape]
-    values = torch.randn(1, 1, *coarse, generator=generator) * sd
-    return torch.exp(F.interpolate(values, size=list(shape), mode="trilinear", align_corners=True))
+    return torch.exp(_coarse_noise(generator, 1, shape, sd, spacing))
 
 
 def thick_slices(image: torch.Tensor, axis: int, stride: int) -> torch.Tensor:
