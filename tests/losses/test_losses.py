@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from eoir.losses import (
     box_filter,
     dice_loss,
+    endpoint_error,
     gaussian_blur,
     gradient_loss,
     mind_loss,
@@ -168,3 +169,42 @@ def test_multilevel_loss_terms_and_gradients(similarity):
         out.fields, out.residuals, moving, fixed, similarity=similarity
     )
     assert terms["dice"] == 0 and no_dice < total
+
+
+def test_endpoint_error_and_the_field_term():
+    target = torch.zeros(2, 3, 6, 6, 6)
+    target[:, 0] = 3.0
+    target[:, 1] = 4.0  # a 5-voxel displacement
+    field = torch.zeros_like(target)
+    assert float(endpoint_error(field, target)) == pytest.approx(5.0)
+    assert float(endpoint_error(target, target)) == pytest.approx(0.0, abs=1e-5)
+    mask = torch.zeros(2, 1, 6, 6, 6)
+    mask[:, :, :3] = 1.0
+    half = field.clone()
+    half[:, :, :3] = target[:, :, :3]  # right where the mask is
+    assert float(endpoint_error(half, target, mask)) == pytest.approx(0.0, abs=1e-5)
+    assert float(endpoint_error(field, target, weights=torch.tensor([0.0, 1.0]))) == 5.0
+    assert float(endpoint_error(field, target, weights=torch.zeros(2))) == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        endpoint_error(field, target[:, :2])
+
+    # in the multi-level loss: the true field of every level, the pairs it is known for
+    shape = (20, 18, 22)
+    model = EOIR(width=4, levels=3)
+    moving, fixed = _textured(shape, 0), _textured(shape, 1)
+    out = model(moving, fixed, levels=True)
+    truth = smooth_field(shape, 2.0, seed=3).float()
+    kwargs = {"sim_weight": 0.0, "reg_weight": 0.0, "dice_weight": 0.0}
+    total, terms = multilevel_loss(
+        out.fields, out.residuals, moving, fixed, field_weight=1.0, true_field=truth, **kwargs
+    )
+    assert terms["field"] > 0 and torch.isclose(total, terms["field"])
+    total.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    unknown, terms = multilevel_loss(
+        out.fields, out.residuals, moving, fixed, field_weight=1.0, true_field=truth,
+        known=torch.zeros(1), **kwargs,
+    )  # fmt: skip
+    assert float(unknown.detach()) == 0.0 and float(terms["field"]) == 0.0
+    _, terms = multilevel_loss(out.fields, out.residuals, moving, fixed, **kwargs)
+    assert "field" not in terms  # unused: not reported

@@ -13,14 +13,18 @@ from eoir.errors import InputError
 from eoir.io import load_dataset
 from eoir.metrics import mean_dice
 from eoir.nn.checkpoint import build_model, load_model
+from eoir.spatial import warp
 from eoir.synth import (
     SynthOptions,
     brain_labels,
     random_affine,
+    random_geometry,
     sample_labels,
+    source_positions,
     synthesise_image,
     thick_slices,
     tissue_groups,
+    true_field,
 )
 from eoir.training.config import load_config
 from eoir.training.data import SynthPairDataset
@@ -130,6 +134,52 @@ def test_skull_stripping_and_shared_tissue_contrast():
     del options
 
 
+def test_true_field_of_one_head_under_two_geometries():
+    """Two images drawn from one head with large random geometries: moving voxel ``p + u(p)``
+    reads the map where fixed voxel ``p`` does (to a small fraction of a voxel: the inverse is
+    the integral of the negated velocity), and the labels agree up to nearest-neighbour
+    rounding; one geometry twice gives a zero field."""
+    index, _ = _indices(head_labels((48, 44, 40)))
+    options = SynthOptions.from_dict(
+        {"shape": [40, 36, 32], "rotation": 10.0, "scaling": 0.08, "shift_mm": 3.0,
+         "velocity_sd": 3.0, "velocity_spacing_mm": 12.0}
+    )  # fmt: skip
+    centre = (23.5, 21.5, 19.5)
+    drawn = [random_geometry(torch.Generator().manual_seed(s), options, 1.0) for s in (5, 6)]
+    field = true_field(*drawn)
+    assert field.shape == (1, 3, 40, 36, 32) and field.dtype == torch.float32
+    assert float(field.abs().max()) > 3.0  # a large correspondence
+    fixed, moving = (source_positions(options.shape, g.affine, 1.0, centre, g.disp) for g in drawn)
+    target = (
+        field
+        + torch.stack(torch.meshgrid(*[torch.arange(n) for n in options.shape], indexing="ij"))[
+            None
+        ]
+    )
+    inside = torch.ones(options.shape, dtype=torch.bool)
+    for axis, n in enumerate(options.shape):
+        inside &= (target[0, axis] >= 0) & (target[0, axis] <= n - 1)
+    error = (warp(moving, field) - fixed).norm(dim=1)[0][inside]
+    before = (moving - fixed).norm(dim=1)[0][inside]
+    assert float(error.mean()) < 0.1 and float(before.mean()) > 3.0, (error.mean(), before.mean())
+    labels_f, labels_m = (
+        sample_labels(index, options.shape, g.affine, 1.0, centre, g.disp) for g in drawn
+    )
+    warped = warp(labels_m.double(), field.double(), mode="nearest").long()
+    agree = (warped == labels_f)[labels_f > 0].double().mean()
+    assert agree > (labels_m == labels_f)[labels_f > 0].double().mean() + 0.3
+    same = true_field(drawn[0], drawn[0]).norm(dim=1)[0, 4:-4, 4:-4, 4:-4]
+    assert float(same.mean()) < 0.05, float(same.mean())
+    # synthesise_image draws the same geometry itself as given one drawn beforehand
+    extra = torch.zeros(len(VALUES), dtype=torch.bool)
+    given = random_geometry(torch.Generator().manual_seed(5), options, 1.0)
+    generator = torch.Generator().manual_seed(5)
+    _ = random_geometry(generator, options, 1.0)
+    a, la = synthesise_image(generator, index, extra, options, out_mm=1.0, geometry=given)
+    b, lb = synthesise_image(torch.Generator().manual_seed(5), index, extra, options, out_mm=1.0)
+    assert torch.equal(a, b) and torch.equal(la, lb)
+
+
 def test_geometry_moves_labels_as_the_affine_says():
     labels = torch.arange(8 * 8 * 8).view(1, 1, 8, 8, 8)
     shift = torch.eye(4, dtype=torch.float64)
@@ -181,6 +231,29 @@ def test_pairs_from_label_maps(tmp_path):
         dice = mean_dice(pair["fixed_labels"], pair["moving_labels"], pair["moving_labels"])
         assert dice > 0.8, dice
     assert float(data.spacing) == 4.0
+    assert "field" not in item  # asked for only
+
+
+def test_pairs_carry_the_true_field_of_one_head(tmp_path):
+    folder = write_heads(tmp_path / "maps", 3)
+    spec = load_dataset(folder, label_maps=True)
+    moved = {**STILL, "rotation": 8.0, "shift_mm": 8.0, "velocity_sd": 1.0}
+    one = SynthOptions(shape=[36, 32, 28], same_map=1.0, **moved)
+    data = SynthPairDataset(spec.training, [(0, 1)] * 4, spec.labels, one, 1, fields=True)
+    for item in (data[0], data[1]):
+        assert item["field"].shape == (3, 36, 32, 28) and float(item["known"]) == 1.0
+        fixed, moving = item["fixed_labels"][None], item["moving_labels"][None]
+        warped = warp(moving.double(), item["field"][None].double(), mode="nearest")
+        before = mean_dice(fixed, moving, moving)
+        after = mean_dice(fixed, warped, moving)
+        assert after > max(before + 0.1, 0.8), (before, after)
+    two = SynthPairDataset(spec.training, [(0, 1)], spec.labels,
+                           SynthOptions(shape=[36, 32, 28], same_map=0.0, **moved), 1,
+                           fields=True)  # fmt: skip
+    assert float(two[0]["known"]) == 0.0 and not two[0]["field"].any()  # labels only
+    # the same draws as without the field: the images do not depend on asking for it
+    plain = SynthPairDataset(spec.training, [(0, 1)] * 4, spec.labels, one, 1)
+    assert torch.equal(plain[1]["moving"], data[1]["moving"])
 
 
 def test_synth_config_is_checked():
@@ -202,9 +275,11 @@ EASY = ["synth.same_map=1", "synth.velocity_sd=0", "synth.rotation=0", "synth.sc
         "synth.shift_mm=8"]  # fmt: skip
 
 
-def test_training_from_label_maps_lowers_the_dice_loss(tmp_path):
+@pytest.mark.parametrize("field_weight", [0.0, 0.5])
+def test_training_from_label_maps_lowers_the_dice_loss(tmp_path, field_weight):
     folder = write_heads(tmp_path / "maps", 5)
-    config = load_config("synth-brain", overrides=[*TINY_SYNTH, *EASY])
+    overrides = [*TINY_SYNTH, *EASY, f"loss.field_weight={field_weight}"]
+    config = load_config("synth-brain", overrides=overrides)
     spec = load_dataset(folder, label_maps=True)
     options = SynthOptions.from_dict(config["synth"])
     subjects = [s for pair in spec.val for s in pair]
@@ -220,6 +295,11 @@ def test_training_from_label_maps_lowers_the_dice_loss(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert all(float(r["similarity"]) == 0.0 for r in rows)  # no image term: labels only
     assert all(0.0 <= float(r["wait"]) <= 1.0 for r in rows)  # the share spent waiting for data
+    if field_weight:  # every pair is one head here: the endpoint error is logged and falls
+        errors = [float(r["field"]) for r in rows]
+        assert errors[-1] < errors[0], errors
+    else:
+        assert all(r["field"] == "" for r in rows)
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert state["input_axes"] == "ASL" and state["input_spacing_mm"] == 4.0
 

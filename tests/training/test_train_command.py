@@ -303,6 +303,10 @@ def test_bad_inputs(dataset, tmp_path):
             "train.checkpointing: not available for voxelmorph",
         ),
         "negative lr": ([*base, "--dataset", dataset, "--set", "optim.lr=-1"], "must be > 0"),
+        "field term on images": (
+            [*base, "--dataset", dataset, "--set", "loss.field_weight=1"],
+            "a true field exists only for images synthesised from label maps",
+        ),
         "zero width": ([*base, "--dataset", dataset, "--set", "model.width=0"], "must be >= 1"),
         "even window": (
             [*base, "--dataset", dataset, "--set", "loss.windows=[9,4]"],

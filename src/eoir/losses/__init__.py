@@ -3,6 +3,7 @@
 - :mod:`eoir.losses.similarity`: windowed NCC, MSE, MIND-SSC, mutual information (``SIMILARITIES``);
 - :mod:`eoir.losses.smoothness`: L1/L2 forward-difference penalties (``PENALTIES``);
 - :mod:`eoir.losses.labels`: one-hot encoding and soft Dice;
+- :mod:`eoir.losses.supervision`: the endpoint error of a field against a known one;
 - :mod:`eoir.losses.filters`: box and Gaussian filters, image pyramids;
 - :mod:`eoir.losses.multilevel`: :func:`multilevel_loss`.
 """
@@ -22,6 +23,7 @@ from eoir.losses.similarity import (
     similarity_loss,
 )
 from eoir.losses.smoothness import PENALTIES, Penalty, gradient_loss
+from eoir.losses.supervision import endpoint_error
 
 __all__ = [
     "NCC_EPS",
@@ -31,6 +33,7 @@ __all__ = [
     "Similarity",
     "box_filter",
     "dice_loss",
+    "endpoint_error",
     "gaussian_blur",
     "gradient_loss",
     "mind_loss",

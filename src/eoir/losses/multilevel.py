@@ -11,6 +11,7 @@ from eoir.losses.filters import pyramid
 from eoir.losses.labels import dice_loss
 from eoir.losses.similarity import SIMILARITIES, Similarity, similarity_loss
 from eoir.losses.smoothness import Penalty, gradient_loss
+from eoir.losses.supervision import endpoint_error
 from eoir.options import look_up_option
 from eoir.spatial import warp
 
@@ -39,13 +40,19 @@ def multilevel_loss(
     penalty: Penalty = "l1",
     moving_labels: torch.Tensor | None = None,
     fixed_labels: torch.Tensor | None = None,
+    field_weight: float = 0.0,
+    true_field: torch.Tensor | None = None,
+    known: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """EOIR's multi-level loss.
 
     ``L = sum_l 2^-l [ w_sim Sim_l(T_l(I_m^l, phi_l), I_f^l) + w_reg Grad(v_l)
-    + w_dice Dice(T_l(S_m^l, phi_l), S_f^l) ]``, with Gaussian image and one-hot label pyramids
-    built on the grids of the model's level fields. Each weight is applied once (the reference
-    training script squares them; pass ``w**2`` to reproduce it).
+    + w_dice Dice(T_l(S_m^l, phi_l), S_f^l) + w_field EPE(phi_l, u^l) ]``, with Gaussian image
+    and one-hot label pyramids built on the grids of the model's level fields. Each weight is
+    applied once (the reference training script squares them; pass ``w**2`` to reproduce it).
+    The last term (not in the paper) supervises pairs whose correspondence ``u`` is known
+    (synthetic images of one head): the endpoint error in voxels of each level, over the fixed
+    labels' voxels when they are given.
 
     Parameters
     ----------
@@ -68,6 +75,13 @@ def multilevel_loss(
     moving_labels, fixed_labels : torch.Tensor, optional
         ``(B, K, *spatial)`` one-hot label maps (:func:`one_hot`); the Dice term is used when both
         are given and ``dice_weight > 0``.
+    field_weight : float
+        Weight of the endpoint error (used when ``> 0`` and ``true_field`` is given).
+    true_field : torch.Tensor, optional
+        ``(B, ndim, *spatial)`` true displacement, voxels of the images' grid.
+    known : torch.Tensor, optional
+        ``(B,)`` 1.0 for pairs whose ``true_field`` is real, 0.0 for the others (all real by
+        default).
 
     Returns
     -------
@@ -75,7 +89,8 @@ def multilevel_loss(
         Scalar loss.
     terms : dict of str to torch.Tensor
         Detached level-weighted sums of each term, ``"similarity"``, ``"smoothness"`` and
-        ``"dice"``, as scalar tensors (no device sync until the caller reads them).
+        ``"dice"`` (and ``"field"`` when it is used), as scalar tensors (no device sync until the
+        caller reads them).
     """
     look_up_option("similarity", similarity, SIMILARITIES)
     shapes = [tuple(f.shape[2:]) for f in fields]
@@ -85,8 +100,20 @@ def multilevel_loss(
     if use_dice:
         labels_m = pyramid(_pad_end(moving_labels, shapes[0]), shapes)
         labels_f = pyramid(_pad_end(fixed_labels, shapes[0]), shapes)
+    use_field = field_weight > 0 and true_field is not None
+    if use_field:
+        truth = pyramid(_pad_end(true_field, shapes[0]), shapes)
+        # the pyramid's grids (align_corners=True): a level-0 voxel is (n_l - 1) / (n_0 - 1)
+        ratio = [
+            [(new - 1) / max(old - 1, 1) for new, old in zip(shape, shapes[0], strict=True)]
+            for shape in shapes
+        ]
+        masks = [None] * len(shapes)
+        if use_dice:
+            masks = [level.sum(1, keepdim=True).clamp(max=1.0) for level in labels_f]
     total = moving.new_zeros((), dtype=torch.float32)
-    terms = {name: total.detach().clone() for name in ("similarity", "smoothness", "dice")}
+    names = ("similarity", "smoothness", "dice") + (("field",) if use_field else ())
+    terms = {name: total.detach().clone() for name in names}
     for level, (field, velocity) in enumerate(zip(fields, residuals, strict=True)):
         weight = 2.0**-level
         if sim_weight > 0:
@@ -103,5 +130,11 @@ def multilevel_loss(
             dsc = dice_loss(warp(labels_m[level], field), labels_f[level])
             level_loss = level_loss + dice_weight * dsc
             terms["dice"] += weight * dsc.detach()
+        if use_field:
+            scale = torch.tensor(ratio[level], dtype=field.dtype, device=field.device)
+            target = truth[level] * scale.view(1, -1, *([1] * (field.dim() - 2)))
+            epe = endpoint_error(field, target, masks[level], known)
+            level_loss = level_loss + field_weight * epe
+            terms["field"] += weight * epe.detach()
         total = total + weight * level_loss
     return total, terms

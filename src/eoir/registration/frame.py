@@ -12,16 +12,28 @@ once (:mod:`eoir.registration.resample`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
 from eoir.image import Image, embedded
 
-__all__ = ["Frame", "model_frame"]
+__all__ = ["CROP_LEVEL", "CROP_MARGIN", "CROP_WORTH", "Frame", "foreground_box", "model_frame",
+           "paste"]  # fmt: skip
+
+# the working grid is cropped to the images' foreground when that pays (raw scans: a head fills a
+# quarter of a 256x256x160 box): a voxel is foreground above this share of its image's range,
+CROP_LEVEL = 0.1
+# the box keeps this many working voxels of context on every side (the network's view of the
+# surroundings; the field outside is the box's edge values),
+CROP_MARGIN = 8
+# and it is used only when it keeps at most this share of the working grid's voxels
+CROP_WORTH = 0.8
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,24 @@ class Frame:
         if flipped:
             x = x.flip(flipped)
         return x.permute(0, 1, *(2 + i for i in self.order))
+
+    def voxels(self, fixed_shape: Sequence[int]) -> np.ndarray:
+        """The ``(ndim+1, ndim+1)`` matrix from working-grid voxels to fixed voxels.
+
+        The working grid is the fixed grid reordered (:meth:`to_model`) and resized with
+        corners aligned to :attr:`shape`: working voxel ``j`` along model axis ``k`` is fixed
+        voxel ``j (N - 1) / (n - 1)`` along fixed axis ``order[k]`` (of ``N`` voxels), counted
+        from the far end when that axis is flipped.
+        """
+        ndim = len(self.order)
+        matrix = np.zeros((ndim + 1, ndim + 1))
+        matrix[ndim, ndim] = 1.0
+        for k, i in enumerate(self.order):
+            big, small = int(fixed_shape[i]), int(self.shape[k])
+            step = (big - 1) / (small - 1) if small > 1 else 0.0
+            matrix[i, k] = -step if self.flips[i] else step
+            matrix[i, ndim] = big - 1 if self.flips[i] else 0.0
+        return matrix
 
     def field_from_model(self, disp: torch.Tensor) -> torch.Tensor:
         """``(B, ndim, *model-ordered shape)`` displacement (voxels, model axes) -> the same
@@ -115,3 +145,84 @@ def model_frame(
             work = int(np.ceil(n * s / (spacing * downsample) - 1e-6))
         sizes.append(max(min(8, n), work))
     return Frame(order, flips, tuple(sizes))
+
+
+def foreground_box(
+    *images: torch.Tensor,
+    level: float = CROP_LEVEL,
+    margin: int = CROP_MARGIN,
+    worth: float = CROP_WORTH,
+) -> tuple[slice, ...] | None:
+    """The box of the working grid that holds the images' foreground, with a margin.
+
+    A voxel is foreground in an image above ``min + level * (max - min)``; the box spans the
+    slices (along each axis) that hold at least 0.02 % of the foreground voxels of the images
+    together (so a stray bright voxel does not widen it), plus ``margin`` voxels on every side,
+    clipped to the grid.
+
+    Parameters
+    ----------
+    *images : torch.Tensor
+        ``(1, 1, *shape)`` images on one grid (the fixed image and the moving one sampled onto
+        it).
+    level : float
+        Foreground threshold, a share of each image's intensity range.
+    margin : int
+        Voxels kept around the foreground.
+    worth : float
+        The box is returned only when it holds at most this share of the grid's voxels.
+
+    Returns
+    -------
+    tuple of slice or None
+        One slice per spatial axis, or None: no foreground, or a box not worth cropping to.
+    """
+    shape = tuple(images[0].shape[2:])
+    mask = torch.zeros(shape, dtype=torch.bool, device=images[0].device)
+    for image in images:
+        low, high = image.amin(), image.amax()
+        mask |= image[0, 0] > low + level * (high - low)
+    total = int(mask.sum())
+    if total == 0:
+        return None
+    box = []
+    for axis, n in enumerate(shape):
+        profile = mask.sum(dim=[d for d in range(len(shape)) if d != axis])
+        held = torch.nonzero(profile > 2e-4 * total).flatten()
+        if held.numel() == 0:
+            return None
+        low = max(0, int(held[0]) - margin)
+        high = min(n, int(held[-1]) + 1 + margin)
+        least = min(8, n)  # as small as a working grid may be
+        if high - low < least:
+            high = min(n, low + least)
+            low = high - least
+        box.append(slice(low, high))
+    kept = math.prod(s.stop - s.start for s in box)
+    return tuple(box) if kept <= worth * math.prod(shape) else None
+
+
+def paste(disp: torch.Tensor, box: tuple[slice, ...] | None, shape: Sequence[int]) -> torch.Tensor:
+    """A field computed in ``box`` extended onto the whole working grid ``shape``: outside the
+    box each voxel takes the value of the box's nearest edge voxel (continuous, no folding).
+
+    Parameters
+    ----------
+    disp : torch.Tensor
+        ``(B, ndim, *box_shape)`` displacement, working voxels.
+    box : tuple of slice or None
+        Where it lies in the grid (:func:`foreground_box`); None: ``disp`` is the whole grid.
+    shape : sequence of int
+        The working grid's shape.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, ndim, *shape)``.
+    """
+    if box is None:
+        return disp
+    pad: list[int] = []
+    for part, n in reversed(list(zip(box, shape, strict=True))):
+        pad += [part.start, int(n) - part.stop]
+    return F.pad(disp, pad, mode="replicate")

@@ -40,7 +40,7 @@ from eoir.nn import load_model
 from eoir.options import PRECISIONS, Precision, look_up_option, non_negative, positive
 from eoir.progress import ProgressLike, progress_for
 from eoir.registration.affine import AFFINE_MODELS, AffineModel, affine_align
-from eoir.registration.frame import Frame, model_frame
+from eoir.registration.frame import Frame, foreground_box, model_frame, paste
 from eoir.registration.instance import finetune_network, optimise_field
 from eoir.registration.preprocess import PRESETS, Preset, check_finite, is_constant, normalise
 from eoir.registration.resample import to_fixed_grid, total_field
@@ -150,18 +150,23 @@ class WorkPair:
     fixed, moving : torch.Tensor
         ``(1, 1, *work_shape)`` normalised images on the fixed grid at the working resolution
         (the moving image sampled through the alignment), in the model's axis order, on the
-        settings' device.
+        settings' device; only the part of the working grid in ``box`` when it is cropped.
     frame : Frame
-        How the fixed grid's axes map onto the working grid's.
+        How the fixed grid's axes map onto the working grid's (``frame.shape``: the whole
+        working grid).
+    box : tuple of slice or None
+        The part of the working grid the images cover: their foreground and a margin
+        (:func:`eoir.registration.frame.foreground_box`); None: all of it.
     """
 
     fixed: torch.Tensor
     moving: torch.Tensor
     frame: Frame
+    box: tuple[slice, ...] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """The working grid's shape."""
+        """The shape of what the field is computed on (the box, or the working grid)."""
         return tuple(self.fixed.shape[2:])
 
 
@@ -328,21 +333,37 @@ def sample_pair(
 ) -> WorkPair:
     """Both normalised images on the working grid.
 
-    The moving image is sampled once from its own grid through ``world`` onto the fixed grid;
-    both are then brought into ``frame``'s axis order (a permutation and flips: exact) and
+    The fixed image is brought into ``frame``'s axis order (a permutation and flips: exact) and
     resized linearly (corners aligned) to ``frame.shape``: ``ceil(n / downsample)`` voxels per
-    axis, at least 8, without a frame.
+    axis, at least 8, without a frame. The moving image is sampled once from its own grid
+    through ``world`` straight onto that working grid (:meth:`Frame.voxels`); on the fixed
+    grid already (no alignment), it is reordered and resized as the fixed one. When the two images' foreground fills at most
+    :data:`~eoir.registration.frame.CROP_WORTH` of that grid (a head in a raw scan's box), only
+    the foreground and a margin are kept (the field is computed there and extended by its edge
+    values, :func:`finish`).
     """
     if frame is None:
         frame = frame_for(None, pair.fixed, settings)
-    fixed = torch.from_numpy(pair.fixed_values)[None, None].to(settings.device)
-    moving = to_fixed_grid(pair.moving, pair.fixed, world=world, values=pair.moving_values)
-    fixed, moving = frame.to_model(fixed), frame.to_model(moving.to(settings.device))
-    if tuple(fixed.shape[2:]) != frame.shape:
+    fixed = frame.to_model(torch.from_numpy(pair.fixed_values)[None, None].to(settings.device))
+    resized = tuple(fixed.shape[2:]) != frame.shape
+    if resized:
         mode = "trilinear" if len(frame.shape) == 3 else "bilinear"
         fixed = F.interpolate(fixed, size=frame.shape, mode=mode, align_corners=True)
-        moving = F.interpolate(moving, size=frame.shape, mode=mode, align_corners=True)
-    return WorkPair(fixed, moving, frame)
+    if world is None and pair.moving.same_grid(pair.fixed):  # one grid: no sampling
+        moving = frame.to_model(torch.from_numpy(pair.moving_values)[None, None])
+        if resized:
+            moving = F.interpolate(moving, size=frame.shape, mode=mode, align_corners=True)
+    else:  # sampled from its own voxels straight onto the working grid (once)
+        work_grid = Image(
+            np.broadcast_to(np.float32(0), frame.shape),
+            pair.fixed.affine @ frame.voxels(pair.fixed.shape),
+        )
+        moving = to_fixed_grid(pair.moving, work_grid, world=world, values=pair.moving_values)
+    moving = moving.to(settings.device)
+    box = foreground_box(fixed, moving)
+    if box is not None:
+        fixed, moving = fixed[(..., *box)].contiguous(), moving[(..., *box)].contiguous()
+    return WorkPair(fixed, moving, frame, box)
 
 
 def predict(work: WorkPair, net: torch.nn.Module | None, settings: Settings) -> torch.Tensor | None:
@@ -414,9 +435,11 @@ def finish(
     InputError
         The field holds NaN or infinite values (a broken model, say): never a written file.
     """
-    if disp is None:
-        disp = work.fixed.new_zeros(1, len(work.shape), *work.shape)
     frame = work.frame
+    if disp is None:
+        disp = work.fixed.new_zeros(1, len(frame.shape), *frame.shape)
+    else:
+        disp = paste(disp.detach(), work.box, frame.shape)
     full = tuple(pair.fixed.shape[i] for i in frame.order)  # the fixed grid, model axis order
     disp = frame.field_from_model(resize_field(disp.detach().float().cpu(), full))
     total = total_field(pair.fixed, disp, world)

@@ -7,7 +7,9 @@ image is, in order:
 
 1. **geometry**: a random affine (rotation, scaling, shift) and a smooth random deformation (a
    stationary velocity drawn on a coarse grid, upsampled and integrated by scaling and squaring)
-   place the output grid in the label map; labels are sampled there (nearest);
+   place the output grid in the label map; labels are sampled there (nearest). Two images of
+   one map drawn under two geometries correspond exactly (:func:`true_field`: a known field
+   that can supervise training);
 2. **contrast**: each label gets a mean and a standard deviation drawn afresh, voxels a Gaussian
    value of their label's; extra-cerebral labels are sometimes removed (skull stripping) and the
    background sometimes zero;
@@ -37,17 +39,21 @@ __all__ = [
     "EXTRA_CEREBRAL_FROM",
     "LEFT_RIGHT",
     "NON_BRAIN",
+    "Geometry",
     "SynthOptions",
     "bias_field",
     "brain_labels",
     "random_affine",
     "random_contrast",
+    "random_geometry",
     "random_velocity",
     "robust_minmax",
     "sample_labels",
+    "source_positions",
     "synthesise_image",
     "thick_slices",
     "tissue_groups",
+    "true_field",
 ]
 
 # FreeSurfer label values: 24 is extra-ventricular CSF; 500 and above (SynthSeg's whole-head
@@ -203,6 +209,90 @@ def random_velocity(
     return _coarse_noise(generator, 3, shape, sd, spacing, device)
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """Where a synthetic image's voxels read its label map: ``p -> A (c + disp(p))``, with ``c``
+    the voxel's coordinates about the output grid's centre (then the map's zoom, centre and head
+    alignment, :func:`sample_labels`).
+
+    Attributes
+    ----------
+    affine : torch.Tensor
+        ``(4, 4)`` float64 on centred output voxel coordinates (:func:`random_affine`).
+    velocity : torch.Tensor
+        ``(1, 3, X, Y, Z)`` stationary velocity, output voxels (:func:`random_velocity`).
+    disp : torch.Tensor
+        ``(1, 3, X, Y, Z)`` its time-1 displacement (scaling and squaring, 7 steps).
+    """
+
+    affine: torch.Tensor
+    velocity: torch.Tensor
+    disp: torch.Tensor
+
+
+def random_geometry(
+    generator: torch.Generator,
+    options: SynthOptions,
+    out_mm: float = 2.0,
+    device: torch.device | str = "cpu",
+) -> Geometry:
+    """A random affine and smooth deformation of the output grid ``options.shape``.
+
+    Parameters
+    ----------
+    generator : torch.Generator
+        Source of the draws (on the CPU): the affine, the velocity's SD, the velocity.
+    options : SynthOptions
+        ``rotation``, ``scaling``, ``shift_mm``, ``velocity_sd``, ``velocity_spacing_mm``.
+    out_mm : float
+        Output voxel size, mm.
+    device : torch.device or str
+        Where the velocity is upsampled and integrated.
+
+    Returns
+    -------
+    Geometry
+    """
+    shape = [int(n) for n in options.shape]
+    affine = random_affine(generator, options, out_mm)
+    sd = float(_uniform(generator, 0.0, options.velocity_sd))
+    velocity = random_velocity(generator, shape, sd, options.velocity_spacing_mm / out_mm, device)
+    return Geometry(affine, velocity, integrate(velocity, 7))
+
+
+def true_field(fixed: Geometry, moving: Geometry) -> torch.Tensor:
+    """The exact correspondence of two images drawn from one label map (one head, two
+    geometries): the displacement ``u`` with fixed voxel ``p`` showing what moving voxel
+    ``p + u(p)`` shows, the convention of :func:`eoir.spatial.warp`.
+
+    Both geometries read the map through the same zoom, centre and head alignment, which cancel:
+    ``p + u(p) = psi_m^-1(A_m^-1 A_f psi_f(p))`` with ``psi = id + disp`` on centred
+    coordinates, and ``psi_m^-1`` the integral of the negated velocity.
+
+    Parameters
+    ----------
+    fixed, moving : Geometry
+        The two images' geometries (:func:`random_geometry`), on one grid.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(1, 3, X, Y, Z)`` float32 displacement, output voxels.
+    """
+    shape = fixed.disp.shape[2:]
+    device = fixed.disp.device
+    half = torch.tensor([(n - 1) / 2 for n in shape], device=device).view(1, 3, 1, 1, 1)
+    axes = [torch.arange(n, device=device, dtype=torch.float32) for n in shape]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))[None] - half  # centred
+    matrix = torch.linalg.inv(moving.affine) @ fixed.affine
+    linear = matrix[:3, :3].to(device, torch.float32)
+    offset = matrix[:3, 3].to(device, torch.float32).view(1, 3, 1, 1, 1)
+    inside = torch.einsum("ij,bj...->bi...", linear, grid + fixed.disp) + offset
+    inverse = integrate(-moving.velocity, 7)
+    target = inside + sample(inverse, inside + half, padding="border")
+    return target - grid
+
+
 def sample_labels(
     labels: torch.Tensor,
     shape: Sequence[int],
@@ -240,11 +330,30 @@ def sample_labels(
     torch.Tensor
         ``(1, 1, X, Y, Z)`` int64 label indices (0 outside the source map).
     """
-    device = labels.device
+    positions = source_positions(shape, affine, zoom, centre, disp, to_source, labels.device)
+    return sample(labels.float(), positions, mode="nearest").long()
+
+
+def source_positions(
+    shape: Sequence[int],
+    affine: torch.Tensor,
+    zoom: float | Sequence[float],
+    centre: Sequence[float],
+    disp: torch.Tensor | None = None,
+    to_source: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The source voxel each output voxel reads (:func:`sample_labels`, same parameters).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(1, 3, X, Y, Z)`` float32 fractional source voxel coordinates.
+    """
     axes = [torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2 for n in shape]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))[None]  # (1, 3, X, Y, Z)
     if disp is not None:
-        grid = grid + disp
+        grid = grid + disp.to(device)
     scale = torch.as_tensor(zoom, dtype=torch.float64).expand(3)[:, None]
     matrix = scale * affine[:3, :3]
     offset = torch.as_tensor(centre, dtype=torch.float64) + scale[:, 0] * affine[:3, 3]
@@ -252,8 +361,7 @@ def sample_labels(
         outer = torch.as_tensor(to_source, dtype=torch.float64)
         matrix, offset = outer[:3, :3] @ matrix, outer[:3, :3] @ offset + outer[:3, 3]
     matrix, offset = matrix.to(device, torch.float32), offset.to(device, torch.float32)
-    positions = torch.einsum("ij,bj...->bi...", matrix, grid) + offset.view(1, 3, 1, 1, 1)
-    return sample(labels.float(), positions, mode="nearest").long()
+    return torch.einsum("ij,bj...->bi...", matrix, grid) + offset.view(1, 3, 1, 1, 1)
 
 
 def random_contrast(
@@ -356,6 +464,7 @@ def synthesise_image(
     out_mm: float = 2.0,
     centre: Sequence[float] | None = None,
     to_source: torch.Tensor | None = None,
+    geometry: Geometry | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One synthetic image and its label map from a source label map.
 
@@ -381,6 +490,10 @@ def synthesise_image(
     to_source : torch.Tensor, optional
         ``(4, 4)`` from the voxels ``centre`` is given in to the source's
         (:func:`sample_labels`).
+    geometry : Geometry, optional
+        The image's geometry, drawn beforehand by :func:`random_geometry` from the same
+        generator (so that the caller knows it: :func:`true_field`); drawn here by default. The
+        draws are the same either way.
 
     Returns
     -------
@@ -396,11 +509,11 @@ def synthesise_image(
     if centre is None:
         centre = [(n - 1) / 2 for n in labels.shape[2:]]
     zoom = [out_mm / float(mm) for mm in spacing_mm]
-    affine = random_affine(generator, options, out_mm)
-    sd = float(_uniform(generator, 0.0, options.velocity_sd))
-    velocity = random_velocity(generator, shape, sd, options.velocity_spacing_mm / out_mm, device)
-    disp = integrate(velocity, 7)
-    label_map = sample_labels(labels, shape, affine, zoom, centre, disp, to_source)
+    if geometry is None:
+        geometry = random_geometry(generator, options, out_mm, device)
+    label_map = sample_labels(
+        labels, shape, geometry.affine, zoom, centre, geometry.disp, to_source
+    )
 
     removed = extra_cerebral.clone() if _chance(generator, options.skull_strip) else None
     image = random_contrast(generator, label_map, classes, options, removed, groups)

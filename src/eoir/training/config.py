@@ -70,6 +70,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "reg_weight": 1.0,  # applied once (the reference code squares its weights)
         "dice_weight": 1.0,  # used when the training subjects have label maps
         "penalty": "l1",  # smoothness on each level's residual: l1 | l2
+        "field_weight": 0.0,  # endpoint error against the true field (data.synth one-head pairs)
     },
     "optim": {
         "lr": 1e-4,
@@ -140,6 +141,7 @@ RANGES: dict[tuple[str, str], tuple[float, bool]] = {
     ("loss", "sim_weight"): (0, True),
     ("loss", "reg_weight"): (0, True),
     ("loss", "dice_weight"): (0, True),
+    ("loss", "field_weight"): (0, True),
     ("optim", "lr"): (0, False),
     ("optim", "poly_power"): (0, False),
     ("optim", "weight_decay"): (0, True),

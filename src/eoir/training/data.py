@@ -30,10 +30,13 @@ from eoir.registration.preprocess import check_finite, normalise
 from eoir.synth import (
     EXTRA_CEREBRAL_FROM,
     NON_BRAIN,
+    Geometry,
     SynthOptions,
     brain_labels,
+    random_geometry,
     synthesise_image,
     tissue_groups,
+    true_field,
 )
 
 __all__ = ["PAIRINGS", "PairDataset", "Pairing", "StepPairs", "SynthPairDataset", "epoch_pairs"]
@@ -201,7 +204,10 @@ class SynthPairDataset(torch.utils.data.Dataset):
     head under two deformations), each image is drawn by :func:`eoir.synth.synthesise_image`.
     Items are dicts with ``fixed``/``moving`` ``(1, *options.shape)`` float32 images in [0, 1]
     and ``fixed_labels``/``moving_labels`` ``(1, *options.shape)`` int64 label values of the
-    brain structures (background, CSF and head tissue are 0: the network is scored on brains).
+    brain structures (background, CSF and head tissue are 0: the network is scored on brains);
+    with ``fields``, also ``field``, the ``(3, *options.shape)`` true displacement (output
+    voxels, :func:`eoir.synth.true_field`) where the pair is one head, and ``known``, 1.0 then
+    and 0.0 for two heads (whose field is zeros: labels alone supervise them).
 
     Parameters
     ----------
@@ -219,6 +225,8 @@ class SynthPairDataset(torch.utils.data.Dataset):
         Seed of the draws.
     cache : bool
         Keep the decoded (reoriented, indexed) maps in memory.
+    fields : bool
+        Add the true field of one-head pairs (for a supervised field term).
     """
 
     def __init__(
@@ -230,8 +238,10 @@ class SynthPairDataset(torch.utils.data.Dataset):
         downsample: int = 2,
         seed: int = 0,
         cache: bool = True,
+        fields: bool = False,
     ) -> None:
         self.subjects, self.pairs, self.options = subjects, pairs, options
+        self.fields = fields
         self.values = np.asarray(sorted({0, *(int(v) for v in values)}), dtype=np.int64)
         self.downsample, self.seed, self.cache = downsample, seed, cache
         self.extra = torch.tensor(
@@ -311,26 +321,38 @@ class SynthPairDataset(torch.utils.data.Dataset):
             self._cache[index] = entry
         return entry
 
-    def _image(self, generator: torch.Generator, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _image(
+        self, generator: torch.Generator, index: int
+    ) -> tuple[torch.Tensor, torch.Tensor, Geometry]:
         labels, to_source = self.load(index)
         reference, _, centre = self._reference()
         spacing = reference.spacing
+        out_mm = self.downsample * min(spacing)
+        geometry = random_geometry(generator, self.options, out_mm)
         image, label_map = synthesise_image(
-            generator, labels, self.extra, self.options, self.groups, spacing,
-            self.downsample * min(spacing), centre, to_source,
+            generator, labels, self.extra, self.options, self.groups, spacing, out_mm, centre,
+            to_source, geometry,
         )  # fmt: skip
-        return image[0], self.scored[label_map[0]]
+        return image[0], self.scored[label_map[0]], geometry
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         fixed_index, moving_index = self.pairs[item]
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(item))
         if float(torch.rand((), generator=generator)) < self.options.same_map:
             moving_index = fixed_index
-        fixed, fixed_labels = self._image(generator, fixed_index)
-        moving, moving_labels = self._image(generator, moving_index)
-        return {
+        fixed, fixed_labels, fixed_geometry = self._image(generator, fixed_index)
+        moving, moving_labels, moving_geometry = self._image(generator, moving_index)
+        out = {
             "fixed": fixed,
             "moving": moving,
             "fixed_labels": fixed_labels,
             "moving_labels": moving_labels,
         }
+        if self.fields:
+            known = moving_index == fixed_index
+            shape = (3, *(int(n) for n in self.options.shape))
+            out["field"] = (
+                true_field(fixed_geometry, moving_geometry)[0] if known else torch.zeros(shape)
+            )
+            out["known"] = torch.tensor(float(known))
+        return out

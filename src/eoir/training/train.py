@@ -57,7 +57,8 @@ __all__ = [
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.csv", "tensorboard")
 # wait: the fraction of the time since the previous row spent waiting for the data loader
 CSV_FIELDS = [
-    "step", "epoch", "loss", "similarity", "smoothness", "dice", "lr", "val", "seconds", "wait",
+    "step", "epoch", "loss", "similarity", "smoothness", "dice", "field", "lr", "val", "seconds",
+    "wait",
 ]  # fmt: skip
 
 
@@ -140,7 +141,7 @@ class _Log:
         self.csv.writerow({k: values.get(k, "") for k in CSV_FIELDS})
         self.csv_file.flush()
         if self.writer is not None:
-            for key in ("loss", "similarity", "smoothness", "dice", "lr", "val"):
+            for key in ("loss", "similarity", "smoothness", "dice", "field", "lr", "val"):
                 if values.get(key, "") != "":
                     self.writer.add_scalar(
                         f"train/{key}" if key != "val" else "val/score",
@@ -168,6 +169,8 @@ def training_step(
     fixed: torch.Tensor,
     loss_config: dict[str, Any],
     amp: bool,
+    true_field: torch.Tensor | None = None,
+    known: torch.Tensor | None = None,
     **labels: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step of ``eoir train`` on a pair.
@@ -184,6 +187,9 @@ def training_step(
         The config's ``loss`` section (:mod:`eoir.training.config`).
     amp : bool
         bf16 autocast for the forward pass (the fields and the loss stay float32).
+    true_field, known : torch.Tensor, optional
+        ``(B, ndim, *spatial)`` true displacements and ``(B,)`` flags of the pairs they are
+        real for, for the field term (``loss.field_weight``).
     **labels : torch.Tensor
         ``moving_labels`` and ``fixed_labels`` one-hot ``(B, L, *spatial)`` for the Dice term.
 
@@ -205,6 +211,9 @@ def training_step(
         reg_weight=float(loss_config["reg_weight"]),
         dice_weight=float(loss_config["dice_weight"]),
         penalty=loss_config["penalty"],
+        field_weight=float(loss_config.get("field_weight", 0.0)),
+        true_field=true_field,
+        known=known,
         **labels,
     )
     optimizer.zero_grad(set_to_none=True)
@@ -310,6 +319,11 @@ def train(
     spec = load_dataset(dataset, label_maps=synth)
     if not spec.training:
         raise InputError(f"{spec.source}: no training {'label maps' if synth else 'images'}")
+    if not synth and float(config["loss"]["field_weight"]) > 0:
+        raise InputError(
+            "loss.field_weight: a true field exists only for images synthesised from label maps "
+            "(data.synth: true)"
+        )
     if synth and float(config["loss"]["dice_weight"]) <= 0:
         raise InputError(
             "data.synth: images synthesised from label maps train on Dice: set loss.dice_weight > 0"
@@ -441,7 +455,7 @@ def _run(
         dice_labels = brain_labels(spec.labels)
         synth_data = SynthPairDataset(
             spec.training, pairs, spec.labels, options, int(dc["downsample"]),
-            int(tc["seed"]), bool(dc["cache"]),
+            int(tc["seed"]), bool(dc["cache"]), float(lc["field_weight"]) > 0,
         )  # fmt: skip
         # images are drawn in the options' axes at downsample x the maps' finest spacing
         axes, spacing = options.axes, synth_data.spacing
@@ -492,6 +506,9 @@ def _run(
                     "moving_labels": one_hot(batch["moving_labels"].to(dev), dice_labels),
                     "fixed_labels": one_hot(batch["fixed_labels"].to(dev), dice_labels),
                 }
+            if "field" in batch:
+                labels["true_field"] = batch["field"].to(dev, non_blocking=True)
+                labels["known"] = batch["known"].to(dev)
             loss, terms = training_step(net, optimizer, moving, fixed, lc, amp, **labels)
             if not torch.isfinite(loss):
                 raise InputError(
