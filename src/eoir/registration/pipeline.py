@@ -337,10 +337,10 @@ def sample_pair(
     resized linearly (corners aligned) to ``frame.shape``: ``ceil(n / downsample)`` voxels per
     axis, at least 8, without a frame. The moving image is sampled once from its own grid
     through ``world`` straight onto that working grid (:meth:`Frame.voxels`); on the fixed
-    grid already (no alignment), it is reordered and resized as the fixed one. When the two images' foreground fills at most
-    :data:`~eoir.registration.frame.CROP_WORTH` of that grid (a head in a raw scan's box), only
-    the foreground and a margin are kept (the field is computed there and extended by its edge
-    values, :func:`finish`).
+    grid already (no alignment), it is reordered and resized as the fixed one. When the two
+    images' foreground fills at most :data:`~eoir.registration.frame.CROP_WORTH` of that grid (a
+    head in a raw scan's box), only the foreground and a margin are kept (the field is computed
+    there and extended by its edge values, :func:`finish`).
     """
     if frame is None:
         frame = frame_for(None, pair.fixed, settings)
