@@ -3,7 +3,8 @@
 Pairs drawn by the checkpoint's own generator settings (its run config: ``synth`` section,
 ``data.downsample``) from the held-out label maps of ``../shared/data/synthseg-label-maps``
 (the dataset's validation maps), each one head under two random geometries with unrelated random
-contrasts, so the true field is known (:func:`eoir.synth.true_field`). For each checkpoint: the
+contrasts (``--same-contrast``: one contrast for both), so the true field is known
+(:func:`eoir.synth.true_field`). For each checkpoint: the
 mean endpoint error over the fixed brain (voxels of the generator's grid) and the Dice of the
 brain structures, next to those of no field (the identity). A network that settles on the
 identity scores as the identity; one that learnt correspondence scores lower error and higher
@@ -49,6 +50,11 @@ def main() -> int:
     parser.add_argument("checkpoints", nargs="+", type=Path)
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument(
+        "--same-contrast",
+        action="store_true",
+        help="both images of a pair with one contrast (default: unrelated)",
+    )
     args = parser.parse_args()
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found")
@@ -63,7 +69,10 @@ def main() -> int:
     for path in args.checkpoints:
         state = read_checkpoint(path)
         config = state.get("run_config") or {}
-        options = SynthOptions.from_dict({**config.get("synth", {}), "same_map": 1.0})
+        options = SynthOptions.from_dict({
+            **config.get("synth", {}), "same_map": 1.0,
+            "same_contrast": 1.0 if args.same_contrast else 0.0,
+        })  # fmt: skip
         downsample = int(config.get("data", {}).get("downsample", 2))
         pairs = [(i % len(held_out), (i + 1) % len(held_out)) for i in range(args.pairs)]
         data = SynthPairDataset(held_out, pairs, spec.labels, options, downsample, args.seed,

@@ -232,6 +232,16 @@ def test_pairs_from_label_maps(tmp_path):
         assert dice > 0.8, dice
     assert float(data.spacing) == 4.0
     assert "field" not in item  # asked for only
+    # one contrast for both images (a curriculum's start): the same per-label intensities
+    shared = SynthPairDataset(spec.training, [(0, 1)] * 3, spec.labels,
+                              SynthOptions(shape=[20, 18, 16], same_map=1.0, same_contrast=1.0,
+                                           **STILL), 2)  # fmt: skip
+    for pair, alike in ((shared[0], True), (shared[1], True), (data[0], False)):
+        labels = pair["fixed_labels"]
+        found = [v for v in labels.unique().tolist() if v > 0]
+        means = [[float(pair[k][labels == v].mean()) for v in found] for k in ("fixed", "moving")]
+        gap = max(abs(a - b) for a, b in zip(*means, strict=True))
+        assert (gap < 0.05) == alike, (gap, alike)
 
 
 def test_pairs_carry_the_true_field_of_one_head(tmp_path):

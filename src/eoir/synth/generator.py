@@ -110,6 +110,7 @@ class SynthOptions:
     crop: float = 0.3  # probability of cropping the field of view along one axis
     crop_fraction: float = 0.2  # up to, of the axis
     same_map: float = 0.5  # probability that both images of a pair come from one label map
+    same_contrast: float = 0.0  # probability that they share per-label intensities (a start)
     tissues: float = 0.5  # probability that left and right structures share a contrast
 
     @classmethod
@@ -371,11 +372,14 @@ def random_contrast(
     options: SynthOptions,
     removed: torch.Tensor | None = None,
     groups: torch.Tensor | None = None,
+    palette: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Gaussian intensities per label: ``mean[l] + sd[l] * N(0, 1)`` with fresh means and SDs.
 
     Parameters
     ----------
+    generator : torch.Generator
+        Source of the draws.
     labels : torch.Tensor
         ``(1, 1, X, Y, Z)`` label indices ``0..classes-1`` (0: background).
     removed : torch.Tensor, optional
@@ -383,17 +387,22 @@ def random_contrast(
     groups : torch.Tensor, optional
         ``(classes,)`` int64 tissue group of each index (:func:`tissue_groups`): with
         probability ``options.tissues`` the labels of a group share a mean and SD.
+    palette : torch.Generator, optional
+        Source of the means, the SDs and the tissue and background choices instead of
+        ``generator`` (the voxels' noise still comes from ``generator``): two images given
+        palettes in the same state share their contrast.
 
     Returns
     -------
     torch.Tensor
         ``(1, 1, X, Y, Z)`` float32 image.
     """
-    means = _uniform(generator, *options.mean, classes).float()
-    sds = _uniform(generator, *options.sd, classes).float()
-    if groups is not None and _chance(generator, options.tissues):
+    draw = generator if palette is None else palette
+    means = _uniform(draw, *options.mean, classes).float()
+    sds = _uniform(draw, *options.sd, classes).float()
+    if groups is not None and _chance(draw, options.tissues):
         means, sds = means[groups], sds[groups]
-    if _chance(generator, options.background_zero):
+    if _chance(draw, options.background_zero):
         means[0], sds[0] = 0.0, 0.0
     if removed is not None:
         means[removed], sds[removed] = 0.0, 0.0
@@ -465,6 +474,7 @@ def synthesise_image(
     centre: Sequence[float] | None = None,
     to_source: torch.Tensor | None = None,
     geometry: Geometry | None = None,
+    palette: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One synthetic image and its label map from a source label map.
 
@@ -494,6 +504,9 @@ def synthesise_image(
         The image's geometry, drawn beforehand by :func:`random_geometry` from the same
         generator (so that the caller knows it: :func:`true_field`); drawn here by default. The
         draws are the same either way.
+    palette : torch.Generator, optional
+        Source of the skull-stripping choice and the per-label contrast
+        (:func:`random_contrast`); ``generator`` by default.
 
     Returns
     -------
@@ -515,8 +528,9 @@ def synthesise_image(
         labels, shape, geometry.affine, zoom, centre, geometry.disp, to_source
     )
 
-    removed = extra_cerebral.clone() if _chance(generator, options.skull_strip) else None
-    image = random_contrast(generator, label_map, classes, options, removed, groups)
+    strip = _chance(generator if palette is None else palette, options.skull_strip)
+    removed = extra_cerebral.clone() if strip else None
+    image = random_contrast(generator, label_map, classes, options, removed, groups, palette)
     sigma = float(_uniform(generator, 0.0, options.blur))
     if sigma > 0.1:
         image = gaussian_blur(image, sigma, size=2 * math.ceil(2 * sigma) + 1)

@@ -176,8 +176,8 @@ def _check_range(value: Any, section: str, key: str, where: str) -> Any:
 
 
 SYNTH_FRACTIONS = (
-    "same_map", "tissues", "background_zero", "skull_strip", "thick_slices", "crop",
-    "crop_fraction", "scaling",
+    "same_map", "same_contrast", "tissues", "background_zero", "skull_strip", "thick_slices",
+    "crop", "crop_fraction", "scaling",
 )  # fmt: skip
 
 

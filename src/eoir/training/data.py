@@ -196,12 +196,19 @@ class PairDataset(torch.utils.data.Dataset):
         return out
 
 
+def _draw(generator: torch.Generator) -> float:
+    """A uniform number in [0, 1)."""
+    return float(torch.rand((), generator=generator))
+
+
 class SynthPairDataset(torch.utils.data.Dataset):
     """Image pairs synthesised from label maps (:mod:`eoir.synth`), for training without images.
 
     Item ``i`` is a pure function of ``(seed, i)``: its fixed and moving label maps come from
     ``pairs[i]`` (both from the fixed subject's map with probability ``options.same_map``: one
-    head under two deformations), each image is drawn by :func:`eoir.synth.synthesise_image`.
+    head under two deformations), each image is drawn by :func:`eoir.synth.synthesise_image`
+    (both with one contrast with probability ``options.same_contrast``: an image term such as
+    NCC then applies).
     Items are dicts with ``fixed``/``moving`` ``(1, *options.shape)`` float32 images in [0, 1]
     and ``fixed_labels``/``moving_labels`` ``(1, *options.shape)`` int64 label values of the
     brain structures (background, CSF and head tissue are 0: the network is scored on brains);
@@ -322,7 +329,7 @@ class SynthPairDataset(torch.utils.data.Dataset):
         return entry
 
     def _image(
-        self, generator: torch.Generator, index: int
+        self, generator: torch.Generator, index: int, palette: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, Geometry]:
         labels, to_source = self.load(index)
         reference, _, centre = self._reference()
@@ -331,17 +338,21 @@ class SynthPairDataset(torch.utils.data.Dataset):
         geometry = random_geometry(generator, self.options, out_mm)
         image, label_map = synthesise_image(
             generator, labels, self.extra, self.options, self.groups, spacing, out_mm, centre,
-            to_source, geometry,
+            to_source, geometry, palette,
         )  # fmt: skip
         return image[0], self.scored[label_map[0]], geometry
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         fixed_index, moving_index = self.pairs[item]
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(item))
-        if float(torch.rand((), generator=generator)) < self.options.same_map:
+        if _draw(generator) < self.options.same_map:
             moving_index = fixed_index
-        fixed, fixed_labels, fixed_geometry = self._image(generator, fixed_index)
-        moving, moving_labels, moving_geometry = self._image(generator, moving_index)
+        palettes: list[torch.Generator | None] = [None, None]
+        if self.options.same_contrast > 0 and _draw(generator) < self.options.same_contrast:
+            seed = int(torch.randint(0, 2**62, (), generator=generator))
+            palettes = [torch.Generator().manual_seed(seed) for _ in range(2)]  # one contrast
+        fixed, fixed_labels, fixed_geometry = self._image(generator, fixed_index, palettes[0])
+        moving, moving_labels, moving_geometry = self._image(generator, moving_index, palettes[1])
         out = {
             "fixed": fixed,
             "moving": moving,
