@@ -441,7 +441,7 @@ def finish(
     else:
         disp = paste(disp.detach(), work.box, frame.shape)
     full = tuple(pair.fixed.shape[i] for i in frame.order)  # the fixed grid, model axis order
-    disp = frame.field_from_model(resize_field(disp.detach().float().cpu(), full))
+    disp = frame.field_from_model(resize_field(disp.float().cpu(), full))
     total = total_field(pair.fixed, disp, world)
     if not torch.isfinite(total).all():
         raise InputError(

@@ -147,6 +147,12 @@ def _coarse_noise(
     return F.interpolate(values.to(device), size=list(shape), mode="trilinear", align_corners=True)
 
 
+def _centred_grid(shape: Sequence[int], device: torch.device | str) -> torch.Tensor:
+    """``(1, 3, *shape)`` float32 voxel coordinates about the grid's centre."""
+    axes = [torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2 for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))[None]
+
+
 def random_affine(
     generator: torch.Generator, options: SynthOptions, spacing_mm: float = 1.0
 ) -> torch.Tensor:
@@ -283,8 +289,7 @@ def true_field(fixed: Geometry, moving: Geometry) -> torch.Tensor:
     shape = fixed.disp.shape[2:]
     device = fixed.disp.device
     half = torch.tensor([(n - 1) / 2 for n in shape], device=device).view(1, 3, 1, 1, 1)
-    axes = [torch.arange(n, device=device, dtype=torch.float32) for n in shape]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))[None] - half  # centred
+    grid = _centred_grid(shape, device)
     matrix = torch.linalg.inv(moving.affine) @ fixed.affine
     linear = matrix[:3, :3].to(device, torch.float32)
     offset = matrix[:3, 3].to(device, torch.float32).view(1, 3, 1, 1, 1)
@@ -351,8 +356,7 @@ def source_positions(
     torch.Tensor
         ``(1, 3, X, Y, Z)`` float32 fractional source voxel coordinates.
     """
-    axes = [torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2 for n in shape]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))[None]  # (1, 3, X, Y, Z)
+    grid = _centred_grid(shape, device)
     if disp is not None:
         grid = grid + disp.to(device)
     scale = torch.as_tensor(zoom, dtype=torch.float64).expand(3)[:, None]
