@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-MODELS: dict[str, list[str]] = {
+BRAIN: dict[str, list[str]] = {
     "eoir-w8": ["model.width=8"],
     "eoir-w16": ["model.width=16"],
     "eoir-w32": ["model.width=32"],
@@ -37,6 +37,17 @@ MODELS: dict[str, list[str]] = {
     "voxelmorph": ["model.architecture=voxelmorph"],
     "eoir-w16-reg1": ["model.width=16", "loss.reg_weight=1.0"],
 }
+# the any-MRI model (issue 16), recipe synth-brain on label maps alone: pairs drawn on the GPU,
+# the known-field term on one-head pairs, NCC on the half of the pairs that share a contrast
+_SYNTH = ["data.synth_on_device=true", "loss.field_weight=0.5", "train.save_every=200"]
+_START = ["synth.same_contrast=0.5", "loss.sim_weight=1"]
+SYNTH: dict[str, list[str]] = {
+    "any-init": [*_SYNTH, *_START, "train.init=brain-mri", "optim.lr=2e-4"],
+    "any-scratch": [*_SYNTH, *_START],
+    "any-init-labels": [*_SYNTH, "train.init=brain-mri", "optim.lr=2e-4"],
+}
+TABLES = {"brain-mri": BRAIN, "synth-brain": SYNTH}
+MODELS = {**BRAIN, **SYNTH}
 
 
 def _launch(name: str, args: argparse.Namespace, out: Path, steps: int, extra: list[str]):
@@ -107,14 +118,17 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--recipe", default="brain-mri")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), help="default: the recipe's")
     parser.add_argument("--steps", default="auto", help="steps per model, or auto")
     parser.add_argument("--minutes", type=float, default=8.5, help="deadline for everything")
     parser.add_argument("--probe-steps", type=int, default=60)
+    parser.add_argument("--val-every", type=int, default=500, help="validate every N steps (most)")
+    parser.add_argument("--set", action="append", default=[], help="one more setting for every run")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per process")
     parser.add_argument("--pack", type=Path, help="bundle checkpoints and logs into this tar.gz")
     args = parser.parse_args()
+    args.models = args.models or list(TABLES.get(args.recipe, BRAIN))
     began = time.time()
     deadline = began + 60.0 * args.minutes
     args.out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +139,7 @@ def main() -> None:
         print(f"budget: {steps} steps per model ({rate:.2f} steps/s, {left:.0f} s left)")
     else:
         steps = int(args.steps)
-    val = ["train.val_every=" + str(max(steps // 5, 1))]
+    val = ["train.val_every=" + str(max(min(steps // 5, args.val_every), 1)), *args.set]
     procs = {n: _launch(n, args, args.out, steps, val) for n in args.models}
     codes = _wait(procs, deadline)
     files = []

@@ -683,8 +683,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-class _Terminated(Exception):
-    """SIGTERM, raised in the main thread so that outputs in progress are cleaned up."""
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that outputs in progress are cleaned up (a
+    BaseException, as KeyboardInterrupt: no ``except Exception`` on the way swallows it)."""
 
 
 def _on_terminate():

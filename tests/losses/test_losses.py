@@ -208,3 +208,33 @@ def test_endpoint_error_and_the_field_term():
     assert float(unknown.detach()) == 0.0 and float(terms["field"]) == 0.0
     _, terms = multilevel_loss(out.fields, out.residuals, moving, fixed, **kwargs)
     assert "field" not in terms  # unused: not reported
+
+
+def test_image_term_weighted_per_pair():
+    """Pairs of weight 0 leave the image term (synthetic pairs of two contrasts under NCC)."""
+    shape = (16, 14, 18)
+    model = EOIR(width=4, levels=2)
+    moving = torch.cat([_textured(shape, 0), _textured(shape, 2)])
+    fixed = torch.cat([_textured(shape, 1), _textured(shape, 3)])
+    out = model(moving, fixed, levels=True)
+    kwargs = {"reg_weight": 0.0, "dice_weight": 0.0}
+    both, _ = multilevel_loss(out.fields, out.residuals, moving, fixed, **kwargs)
+    ones, _ = multilevel_loss(
+        out.fields, out.residuals, moving, fixed, image_weights=torch.ones(2), **kwargs
+    )
+    assert torch.isclose(ones, both)  # weights of 1: the plain batch mean
+    first, _ = multilevel_loss(
+        [f[:1] for f in out.fields], [r[:1] for r in out.residuals], moving[:1], fixed[:1],
+        **kwargs,
+    )  # fmt: skip
+    only, terms = multilevel_loss(
+        out.fields, out.residuals, moving, fixed, image_weights=torch.tensor([1.0, 0.0]),
+        **kwargs,
+    )  # fmt: skip
+    assert torch.isclose(only, first / 2)  # the second pair costs nothing
+    none, _ = multilevel_loss(
+        out.fields, out.residuals, moving, fixed, image_weights=torch.zeros(2), **kwargs
+    )
+    assert float(none.detach()) == 0.0
+    only.backward()
+    assert all(p.grad is not None for p in model.parameters())

@@ -242,6 +242,7 @@ def test_pairs_from_label_maps(tmp_path):
         means = [[float(pair[k][labels == v].mean()) for v in found] for k in ("fixed", "moving")]
         gap = max(abs(a - b) for a, b in zip(*means, strict=True))
         assert (gap < 0.05) == alike, (gap, alike)
+        assert float(pair["one_contrast"]) == float(alike)  # the image term's weight
 
 
 def test_pairs_carry_the_true_field_of_one_head(tmp_path):
@@ -264,6 +265,27 @@ def test_pairs_carry_the_true_field_of_one_head(tmp_path):
     # the same draws as without the field: the images do not depend on asking for it
     plain = SynthPairDataset(spec.training, [(0, 1)] * 4, spec.labels, one, 1)
     assert torch.equal(plain[1]["moving"], data[1]["moving"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_pairs_drawn_on_the_gpu_match_the_cpu(tmp_path):
+    """data.synth_on_device: the same draws on the training GPU (maps kept there)."""
+    folder = write_heads(tmp_path / "maps", 3)
+    spec = load_dataset(folder, label_maps=True)
+    moved = {**STILL, "rotation": 8.0, "shift_mm": 8.0, "velocity_sd": 1.0}
+    options = SynthOptions(shape=[36, 32, 28], same_map=0.5, same_contrast=0.5, **moved)
+    cpu = SynthPairDataset(spec.training, [(0, 1)] * 4, spec.labels, options, 1, fields=True)
+    gpu = SynthPairDataset(spec.training, [(0, 1)] * 4, spec.labels, options, 1, fields=True,
+                           device="cuda")  # fmt: skip
+    for i in range(4):
+        a, b = cpu[i], gpu[i]
+        assert b["fixed"].is_cuda and b["field"].is_cuda
+        for key in ("fixed_labels", "moving_labels"):
+            agree = (a[key] == b[key].cpu()).float().mean()
+            assert agree > 0.99, (key, agree)  # nearest sampling may flip at exact ties
+        assert float((a["fixed"] - b["fixed"].cpu()).abs().mean()) < 0.01
+        assert float((a["field"] - b["field"].cpu()).abs().max()) < 0.01
+        assert float(a["one_contrast"]) == float(b["one_contrast"])
 
 
 def test_synth_config_is_checked():

@@ -12,6 +12,7 @@ from eoir.losses.filters import box_filter, gaussian_blur, pyramid
 from eoir.losses.labels import dice_loss, one_hot
 from eoir.losses.multilevel import multilevel_loss
 from eoir.losses.similarity import (
+    MULTIMODAL,
     NCC_EPS,
     SIMILARITIES,
     Similarity,
@@ -26,6 +27,7 @@ from eoir.losses.smoothness import PENALTIES, Penalty, gradient_loss
 from eoir.losses.supervision import endpoint_error
 
 __all__ = [
+    "MULTIMODAL",
     "NCC_EPS",
     "PENALTIES",
     "SIMILARITIES",

@@ -43,6 +43,7 @@ def multilevel_loss(
     field_weight: float = 0.0,
     true_field: torch.Tensor | None = None,
     known: torch.Tensor | None = None,
+    image_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """EOIR's multi-level loss.
 
@@ -82,6 +83,9 @@ def multilevel_loss(
     known : torch.Tensor, optional
         ``(B,)`` 1.0 for pairs whose ``true_field`` is real, 0.0 for the others (all real by
         default).
+    image_weights : torch.Tensor, optional
+        ``(B,)`` weight of each pair's image term (1 by default): 0 leaves a pair to the other
+        terms (synthetic pairs of two contrasts under a one-contrast similarity such as NCC).
 
     Returns
     -------
@@ -111,6 +115,7 @@ def multilevel_loss(
         masks = [None] * len(shapes)
         if use_dice:
             masks = [level.sum(1, keepdim=True).clamp(max=1.0) for level in labels_f]
+    pair_weights = None if image_weights is None else [float(w) for w in image_weights.tolist()]
     total = moving.new_zeros((), dtype=torch.float32)
     names = ("similarity", "smoothness", "dice") + (("field",) if use_field else ())
     terms = {name: total.detach().clone() for name in names}
@@ -119,7 +124,7 @@ def multilevel_loss(
         if sim_weight > 0:
             warped = warp(images_m[level], field)
             window = windows[min(level, len(windows) - 1)]
-            sim = similarity_loss(similarity, warped, images_f[level], window)
+            sim = _weighted_similarity(similarity, warped, images_f[level], window, pair_weights)
         else:  # label-supervised training (synthetic images of unrelated contrasts)
             sim = total.new_zeros(())
         reg = gradient_loss(velocity, penalty)
@@ -138,3 +143,22 @@ def multilevel_loss(
             terms["field"] += weight * epe.detach()
         total = total + weight * level_loss
     return total, terms
+
+
+def _weighted_similarity(
+    similarity: Similarity,
+    warped: torch.Tensor,
+    fixed: torch.Tensor,
+    window: int,
+    weights: list[float] | None,
+) -> torch.Tensor:
+    """The batch mean of ``weights[b] * Sim(warped[b], fixed[b])`` (the plain term without
+    weights); pairs of weight 0 cost nothing."""
+    if weights is None:
+        return similarity_loss(similarity, warped, fixed, window)
+    total = warped.new_zeros((), dtype=torch.float32)
+    for b, weight in enumerate(weights):
+        if weight != 0:
+            sim = similarity_loss(similarity, warped[b : b + 1], fixed[b : b + 1], window)
+            total = total + weight * sim
+    return total / len(weights)

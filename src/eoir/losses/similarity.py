@@ -230,3 +230,6 @@ SIMILARITIES: dict[str, Callable[[torch.Tensor, torch.Tensor, int, float], torch
     "mind": lambda warped, fixed, window, eps: mind_loss(warped, fixed),
     "mi": lambda warped, fixed, window, eps: mutual_information_loss(warped, fixed),
 }
+# the image terms that compare two contrasts (the others assume one: NCC's linear relation, MSE's
+# equal intensities)
+MULTIMODAL = frozenset({"mind", "mi"})

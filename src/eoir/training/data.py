@@ -214,7 +214,9 @@ class SynthPairDataset(torch.utils.data.Dataset):
     brain structures (background, CSF and head tissue are 0: the network is scored on brains);
     with ``fields``, also ``field``, the ``(3, *options.shape)`` true displacement (output
     voxels, :func:`eoir.synth.true_field`) where the pair is one head, and ``known``, 1.0 then
-    and 0.0 for two heads (whose field is zeros: labels alone supervise them).
+    and 0.0 for two heads (whose field is zeros: labels alone supervise them); always
+    ``one_contrast``, 1.0 where both images share their contrast (``options.same_contrast``)
+    and 0.0 otherwise (a one-contrast image term applies to the first kind only).
 
     Parameters
     ----------
@@ -234,6 +236,10 @@ class SynthPairDataset(torch.utils.data.Dataset):
         Keep the decoded (reoriented, indexed) maps in memory.
     fields : bool
         Add the true field of one-head pairs (for a supervised field term).
+    device : torch.device or str
+        Where pairs are drawn (the maps are kept there): the CPU in DataLoader workers, or the
+        training GPU in the main process (a pair in milliseconds instead of a second). The
+        draws themselves come from CPU generators either way.
     """
 
     def __init__(
@@ -246,9 +252,10 @@ class SynthPairDataset(torch.utils.data.Dataset):
         seed: int = 0,
         cache: bool = True,
         fields: bool = False,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.subjects, self.pairs, self.options = subjects, pairs, options
-        self.fields = fields
+        self.fields, self.device = fields, torch.device(device)
         self.values = np.asarray(sorted({0, *(int(v) for v in values)}), dtype=np.int64)
         self.downsample, self.seed, self.cache = downsample, seed, cache
         self.extra = torch.tensor(
@@ -258,6 +265,7 @@ class SynthPairDataset(torch.utils.data.Dataset):
         self.groups = torch.tensor(tissue_groups(self.values.tolist()))
         brain = set(brain_labels(self.values.tolist()))
         self.scored = torch.tensor([v if v in brain else 0 for v in self.values.tolist()])
+        self._scored_here = self.scored.to(self.device)
         # an image to align heads by: white matter bright, grey matter mid, CSF dark
         tissue = {2: 1.0, 41: 1.0, 7: 1.0, 46: 1.0, 16: 0.9, 28: 0.9, 60: 0.9}
         csf = {4, 5, 14, 15, 24, 43, 44}
@@ -323,7 +331,10 @@ class SynthPairDataset(torch.utils.data.Dataset):
             world = linear_align(reference, Image(values, affine), ref_values, values)
             to_source = np.linalg.inv(affine) @ world @ reference.affine
         dtype = torch.uint8 if len(self.values) < 256 else torch.int16
-        entry = (torch.from_numpy(indices).to(dtype)[None, None], torch.from_numpy(to_source))
+        entry = (
+            torch.from_numpy(indices).to(dtype)[None, None].to(self.device),
+            torch.from_numpy(to_source),
+        )
         if self.cache:
             self._cache[index] = entry
         return entry
@@ -335,12 +346,12 @@ class SynthPairDataset(torch.utils.data.Dataset):
         reference, _, centre = self._reference()
         spacing = reference.spacing
         out_mm = self.downsample * min(spacing)
-        geometry = random_geometry(generator, self.options, out_mm)
+        geometry = random_geometry(generator, self.options, out_mm, self.device)
         image, label_map = synthesise_image(
             generator, labels, self.extra, self.options, self.groups, spacing, out_mm, centre,
             to_source, geometry, palette,
         )  # fmt: skip
-        return image[0], self.scored[label_map[0]], geometry
+        return image[0], self._scored_here[label_map[0]], geometry
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         fixed_index, moving_index = self.pairs[item]
@@ -348,7 +359,9 @@ class SynthPairDataset(torch.utils.data.Dataset):
         if _draw(generator) < self.options.same_map:
             moving_index = fixed_index
         palettes: list[torch.Generator | None] = [None, None]
+        one_contrast = False
         if self.options.same_contrast > 0 and _draw(generator) < self.options.same_contrast:
+            one_contrast = True
             seed = int(torch.randint(0, 2**62, (), generator=generator))
             palettes = [torch.Generator().manual_seed(seed) for _ in range(2)]  # one contrast
         fixed, fixed_labels, fixed_geometry = self._image(generator, fixed_index, palettes[0])
@@ -358,12 +371,15 @@ class SynthPairDataset(torch.utils.data.Dataset):
             "moving": moving,
             "fixed_labels": fixed_labels,
             "moving_labels": moving_labels,
+            "one_contrast": torch.tensor(float(one_contrast)),
         }
         if self.fields:
             known = moving_index == fixed_index
             shape = (3, *(int(n) for n in self.options.shape))
             out["field"] = (
-                true_field(fixed_geometry, moving_geometry)[0] if known else torch.zeros(shape)
+                true_field(fixed_geometry, moving_geometry)[0]
+                if known
+                else torch.zeros(shape, device=self.device)
             )
             out["known"] = torch.tensor(float(known))
         return out

@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from eoir.errors import InputError
 from eoir.io import image_frame, load_dataset
-from eoir.losses import multilevel_loss, ncc_loss, one_hot
+from eoir.losses import MULTIMODAL, multilevel_loss, ncc_loss, one_hot
 from eoir.metrics import mean_dice
 from eoir.nn.checkpoint import build_model, load_model, read_checkpoint, save_model
 from eoir.options import positive
@@ -171,6 +171,7 @@ def training_step(
     amp: bool,
     true_field: torch.Tensor | None = None,
     known: torch.Tensor | None = None,
+    image_weights: torch.Tensor | None = None,
     **labels: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step of ``eoir train`` on a pair.
@@ -190,6 +191,9 @@ def training_step(
     true_field, known : torch.Tensor, optional
         ``(B, ndim, *spatial)`` true displacements and ``(B,)`` flags of the pairs they are
         real for, for the field term (``loss.field_weight``).
+    image_weights : torch.Tensor, optional
+        ``(B,)`` weight of each pair's image term (synthetic pairs: 1 where both images share a
+        contrast, 0 where not, under a one-contrast similarity).
     **labels : torch.Tensor
         ``moving_labels`` and ``fixed_labels`` one-hot ``(B, L, *spatial)`` for the Dice term.
 
@@ -214,6 +218,7 @@ def training_step(
         field_weight=float(loss_config.get("field_weight", 0.0)),
         true_field=true_field,
         known=known,
+        image_weights=image_weights,
         **labels,
     )
     optimizer.zero_grad(set_to_none=True)
@@ -449,6 +454,7 @@ def _run(
     # the frame the network is trained in, recorded so that registration feeds it the same
     axes, spacing = image_frame(spec.training[0].image)
     synth = bool(dc["synth"])
+    on_device = synth and bool(dc["synth_on_device"])
     dice_labels: list[int] = list(spec.labels)
     if synth:
         options = SynthOptions.from_dict(config["synth"])
@@ -456,6 +462,7 @@ def _run(
         synth_data = SynthPairDataset(
             spec.training, pairs, spec.labels, options, int(dc["downsample"]),
             int(tc["seed"]), bool(dc["cache"]), float(lc["field_weight"]) > 0,
+            dev if on_device else "cpu",
         )  # fmt: skip
         # images are drawn in the options' axes at downsample x the maps' finest spacing
         axes, spacing = options.axes, synth_data.spacing
@@ -464,7 +471,7 @@ def _run(
         train_data = PairDataset(
             spec.training, pairs, dc["preset"], int(dc["downsample"]), bool(dc["cache"])
         )
-    workers = int(dc["workers"])
+    workers = 0 if on_device else int(dc["workers"])
     loader = torch.utils.data.DataLoader(
         train_data,
         batch_size=1,
@@ -509,6 +516,8 @@ def _run(
             if "field" in batch:
                 labels["true_field"] = batch["field"].to(dev, non_blocking=True)
                 labels["known"] = batch["known"].to(dev)
+            if "one_contrast" in batch and lc["similarity"] not in MULTIMODAL:
+                labels["image_weights"] = batch["one_contrast"]  # NCC/MSE: one-contrast pairs
             loss, terms = training_step(net, optimizer, moving, fixed, lc, amp, **labels)
             if not torch.isfinite(loss):
                 raise InputError(
