@@ -27,7 +27,7 @@ import tarfile
 import time
 from pathlib import Path
 
-import torch
+from eoir.nn.checkpoint import load_checkpoint, save_model
 
 BRAIN: dict[str, list[str]] = {
     "eoir-w8": ["model.width=8"],
@@ -107,9 +107,11 @@ def _probe(args: argparse.Namespace, names: list[str], deadline: float) -> tuple
 
 
 def _slim(run: Path, target: Path) -> dict[str, object]:
-    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
-    keep = ("format", "eoir_version", "config", "model", "run_config", "step")
-    torch.save({k: state[k] for k in keep if k in state}, target)
+    """The weights, configs and training frame of ``run/last.pt`` without the optimizer state,
+    signed as ``eoir train`` signs checkpoints."""
+    model, state = load_checkpoint(run / "last.pt")
+    keep = ("run_config", "step", "input_axes", "input_spacing_mm")
+    save_model(target, model.float(), **{k: state.get(k) for k in keep})
     return {"step": state.get("step")}
 
 

@@ -227,7 +227,7 @@ def test_image_term_weighted_per_pair():
         [f[:1] for f in out.fields], [r[:1] for r in out.residuals], moving[:1], fixed[:1],
         **kwargs,
     )  # fmt: skip
-    only, terms = multilevel_loss(
+    only, _ = multilevel_loss(
         out.fields, out.residuals, moving, fixed, image_weights=torch.tensor([1.0, 0.0]),
         **kwargs,
     )  # fmt: skip

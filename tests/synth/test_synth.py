@@ -232,6 +232,9 @@ def test_pairs_from_label_maps(tmp_path):
         assert dice > 0.8, dice
     assert float(data.spacing) == 4.0
     assert "field" not in item  # asked for only
+    data.preload()  # every map aligned once, before DataLoader workers fork
+    assert sorted(data._cache) == list(range(len(spec.training)))
+    assert torch.equal(data[1]["moving"], item["moving"])
     # one contrast for both images (a curriculum's start): the same per-label intensities
     shared = SynthPairDataset(spec.training, [(0, 1)] * 3, spec.labels,
                               SynthOptions(shape=[20, 18, 16], same_map=1.0, same_contrast=1.0,

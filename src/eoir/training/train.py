@@ -472,6 +472,10 @@ def _run(
             spec.training, pairs, dc["preset"], int(dc["downsample"]), bool(dc["cache"])
         )
     workers = 0 if on_device else int(dc["workers"])
+    if synth and workers > 1 and bool(dc["cache"]):
+        if rank == 0:
+            echo(f"aligning {len(spec.training)} label maps once for {workers} workers")
+        synth_data.preload()
     loader = torch.utils.data.DataLoader(
         train_data,
         batch_size=1,
