@@ -25,6 +25,7 @@ Usage::
 
     python benchmarks/any_mri.py --models brain-mri runs/synth-brain/last.pt
     python benchmarks/any_mri.py --models brain-mri none --ants /tmp/benchvenv/bin/python
+    python benchmarks/any_mri.py --models none --cases t2 --skip-oasis --synth-pairs 0
 """
 
 from __future__ import annotations
@@ -231,11 +232,14 @@ def main() -> None:
     parser.add_argument("--ants", help="a Python with antspyx: adds ANTs SyN (MI) rows")
     parser.add_argument("--oasis-pairs", type=int, default=6)
     parser.add_argument("--skip-oasis", action="store_true")
+    parser.add_argument("--cases", nargs="+", help="only the cases whose name holds one of these")
     parser.add_argument("--synth-pairs", type=int, default=8,
                         help="synthetic pairs from held-out label maps (0: none)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     cases = tcga_cases() + skull_on_cases()
+    if args.cases:
+        cases = [c for c in cases if any(part in c["case"] for part in args.cases)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     print("| case | no registration | " + " | ".join(args.models)
           + (" | ANTs SyN (MI)" if args.ants else "") + " |")  # fmt: skip

@@ -9,10 +9,19 @@ its last checkpoint (saved every 100 steps) is kept. Each run's final weights ar
 slim checkpoint ``NAME.pt`` (weights, model and run config, no optimizer state) and, with
 ``--pack``, everything is bundled into one tar.gz.
 
-Usage (the command the benchmark ran, on a lent H100; data copied to .data/ first)::
+With ``--recipe synth-brain`` the runs are the ``SYNTH`` table's (the any-MRI model, trained on
+label maps alone); ``--set KEY=VALUE`` adds a setting to every run (after the table's).
+
+Usage (the commands the benchmarks ran, on a lent H100 and H200; data copied to .data/ first)::
 
     python benchmarks/train_brain_gpu.py --dataset .data/oasis-trt-20/dataset.json \\
         --out runs/brain-gpu --minutes 8.5 --pack $OUT/brain-runs.tar.gz
+    bash benchmarks/any_mri_gpu.sh $OUT 6.5          # the SYNTH table, 3 runs side by side
+    python benchmarks/train_brain_gpu.py --recipe synth-brain \\
+        --dataset .data/synthseg-label-maps --out runs/any-gpu2 --models any-init \\
+        --steps 2000 --minutes 4.6 --set train.init=runs/any-gpu/any-init.pt \\
+        --set synth.same_contrast=0.3 --set data.synth_on_device=false \\
+        --set data.workers=12 --set train.save_every=100 --pack $OUT/any-runs2.tar.gz
 """
 
 from __future__ import annotations

@@ -523,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(SIMILARITIES),
         help="ncc (one contrast, default); for different contrasts (T2 to T1, CT to MR) mind "
         "(MIND-SSC in optimisation steps) or mi (mutual information), both aligning the affine "
-        "stage by mutual information; mse for optimisation steps",
+        "stage by mutual information and setting aside a network trained on one contrast "
+        "(brain-mri): optimisation steps instead; mse for optimisation steps",
     )
     reg.add_argument(
         "--initial-transform",
@@ -665,7 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             # the commands report eoir's own warnings on stderr themselves
-            warnings.filterwarnings("ignore", message=".*registered as identity")
+            warnings.filterwarnings("ignore", message=".*(registered as identity|one contrast)")
             return int(args.func(args))
     except InputError as err:
         return _fail(args.command, f"error: {one_line(err, command)}", 2)

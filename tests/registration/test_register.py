@@ -547,3 +547,37 @@ def test_multimodal_optimisation_recovers_a_known_field(similarity):
     before = truth[0].norm(dim=0)[inside].mean()
     after = (result.disp[0] - truth[0]).norm(dim=0)[inside].mean()
     assert after < 0.8 * before, (float(before), float(after))
+
+
+def test_a_one_contrast_network_is_set_aside_for_two_contrasts(pair, tmp_path):
+    """With a multimodal similarity (the user says the contrasts differ), a network trained on
+    real pairs of one contrast is not used (it aligns them as one contrast: brain-mri takes a
+    T2 -> T1 pair from 2.4 to 9.4 mm); one trained on synthesised pairs is."""
+    from eoir.nn.checkpoint import save_model
+
+    torch.manual_seed(0)
+    one, many = tmp_path / "one.pt", tmp_path / "many.pt"
+    save_model(one, eoir.EOIR(width=4, levels=3),
+               run_config={"loss": {"similarity": "ncc"}, "data": {"downsample": 1}})  # fmt: skip
+    save_model(many, eoir.EOIR(width=4, levels=3),
+               run_config={"loss": {"similarity": "ncc"},
+                           "data": {"downsample": 1, "synth": True}})  # fmt: skip
+    kwargs = {"optimize_options": {"similarity": "mind"}, "progress": False}
+    with pytest.warns(UserWarning, match="one contrast"):
+        aside = eoir.register(pair["fixed"], pair["moving"], model=one, optimize_steps=3, **kwargs)
+    assert aside.info["model"] is None and aside.info["optimize_steps"] == 3
+    assert "not used with similarity mind" in aside.info["warnings"][0]
+    with pytest.warns(UserWarning, match="the start is kept"):
+        affine_only = eoir.register(pair["fixed"], pair["moving"], model=one, optimize_steps=0,
+                                    **kwargs)  # fmt: skip
+    assert not affine_only.disp.any()  # no steps asked for: the start, not the network's field
+    used = eoir.register(pair["fixed"], pair["moving"], model=many, **kwargs)
+    assert used.info["model"] is not None and not used.info["warnings"]
+    kept = eoir.register(pair["fixed"], pair["moving"], model=one, progress=False)  # NCC
+    assert kept.info["model"] is not None and kept.disp.any()
+    # the command says it once, on stderr, after its outputs
+    result = run("register", "--fixed", pair["fixed"], "--moving", pair["moving"], "--model", one,
+                 "--similarity", "mind", "--optimize-steps", "2",
+                 "--field", tmp_path / "f.nii.gz")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("one contrast") == 1 and "UserWarning" not in result.stderr

@@ -12,12 +12,14 @@ recorded in :mod:`eoir.pretrained`). The values registration reads are checked t
 weights must be finite.
 
 Wherever a checkpoint path is taken, the name of a shipped model (:mod:`eoir.pretrained`, e.g.
-``"brain-mri"``) may be given instead. A loaded model carries two attributes from its
+``"brain-mri"``) may be given instead. A loaded model carries these attributes from its
 checkpoint: ``trained_downsample`` (the resolution divisor it was trained at, used by
-:func:`eoir.register` by default), ``expected_spacing`` (the training images' voxel size in mm,
-``input_spacing_mm``, or None) and ``expected_axes`` (their voxel axis codes, ``input_axes``,
-e.g. ``"ASL"``, or None): registration feeds the network in that frame
-(:mod:`eoir.registration.frame`).
+:func:`eoir.register` by default), ``trained_synth`` and ``trained_similarity`` (whether its
+training pairs were synthesised from label maps, else the image term that compared them: a
+one-contrast network is not used for pairs declared to differ), ``expected_spacing`` (the
+training images' voxel size in mm, ``input_spacing_mm``, or None) and ``expected_axes`` (their
+voxel axis codes, ``input_axes``, e.g. ``"ASL"``, or None): registration feeds the network in
+that frame (:mod:`eoir.registration.frame`).
 """
 
 from __future__ import annotations
@@ -225,6 +227,11 @@ def _build(state: dict[str, Any], path: Path, shipped: bool = False) -> nn.Modul
     if isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 1:
         raise InputError(f"{path}: run_config data.downsample {downsample!r}: must be 1 or more")
     model.trained_downsample = downsample
+    loss = (state.get("run_config") or {}).get("loss", {})
+    # what its training pairs were: synthesised from label maps (any contrast) or real images
+    # compared by this image term (None: not recorded)
+    model.trained_synth = bool(run.get("synth", False))
+    model.trained_similarity = loss.get("similarity") if isinstance(loss, dict) else None
     spacing = state.get("input_spacing_mm")
     if spacing is not None and not (
         isinstance(spacing, int | float) and math.isfinite(spacing) and spacing > 0

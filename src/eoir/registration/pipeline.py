@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from eoir.errors import InputError, OptionError
 from eoir.image import Image
 from eoir.io import ImageLike, as_image, read_transform
-from eoir.losses import SIMILARITIES
+from eoir.losses import MULTIMODAL, SIMILARITIES
 from eoir.nn import load_model
 from eoir.options import PRECISIONS, Precision, look_up_option, non_negative, positive
 from eoir.progress import ProgressLike, progress_for
@@ -108,6 +108,8 @@ class Settings:
     initial : numpy.ndarray or None
         A given alignment, fixed RAS world -> moving RAS world: the start of the affine stage,
         or the alignment itself without one.
+    notes : tuple of str
+        What :func:`configure` decided that the user should hear (a model set aside).
     """
 
     preset: Preset = "mri"
@@ -120,6 +122,7 @@ class Settings:
     optimize_options: dict[str, Any] = field(default_factory=dict)
     progress: ProgressLike = True
     initial: np.ndarray | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -182,7 +185,10 @@ def configure(
     settings : Settings
         The options with their defaults resolved: ``device`` a ``torch.device``,
         ``downsample`` the model's training resolution, ``optimize_steps`` 0 with a model and
-        :data:`DEFAULT_OPTIMIZE_STEPS` without.
+        :data:`DEFAULT_OPTIMIZE_STEPS` without. A network trained on real pairs of one contrast
+        is set aside (None, and a note) when the similarity declares two (``mind``, ``mi``)
+        and the steps refine the field: it would align them as one contrast, worse than no
+        field (``brain-mri``, T2 -> T1: 9.4 mm from 2.4).
 
     Raises
     ------
@@ -206,12 +212,46 @@ def configure(
     if options.precision == "float16" and dev.type != "cuda":
         raise OptionError("precision", "float16", "is for CUDA devices; use bfloat16 on a CPU")
     net = load_model(model, dev) if model is not None else None
+    notes: tuple[str, ...] = ()
+    similarity = options.optimize_options.get("similarity")
+    if net is not None and options.optimize_target == "field" and _one_contrast(net, similarity):
+        net = None  # it would align two contrasts as if they were one: worse than no field
+        steps = DEFAULT_OPTIMIZE_STEPS if options.optimize_steps is None else options.optimize_steps
+        instead = (
+            f"{steps} optimisation steps instead (minutes on a CPU)"
+            if steps
+            else "the start is kept (0 optimisation steps)"
+        )
+        notes = (
+            f"the model was trained on pairs of one contrast ({_net_name(model)}): not used with "
+            f"similarity {similarity} (two contrasts); {instead}",
+        )
+        options = replace(options, optimize_steps=steps)
     downsample, steps = options.downsample, options.optimize_steps
     if downsample is None:
         downsample = int(getattr(net, "trained_downsample", 1)) if net is not None else 1
     if steps is None:
         steps = 0 if net is not None else DEFAULT_OPTIMIZE_STEPS
-    return net, replace(options, device=dev, downsample=downsample, optimize_steps=steps)
+    return net, replace(
+        options, device=dev, downsample=downsample, optimize_steps=steps, notes=notes
+    )
+
+
+def _net_name(model: torch.nn.Module | str | os.PathLike) -> str:
+    """A model as a user named it (a file or shipped name), or its class."""
+    return str(model) if isinstance(model, str | os.PathLike) else type(model).__name__
+
+
+def _one_contrast(net: torch.nn.Module, similarity: str | None) -> bool:
+    """Whether ``similarity`` declares two contrasts and ``net`` learned from pairs of one
+    (real images compared by NCC or MSE; not synthesised from label maps)."""
+    trained = getattr(net, "trained_similarity", None)
+    return (
+        similarity in MULTIMODAL
+        and not getattr(net, "trained_synth", False)
+        and trained is not None
+        and trained not in MULTIMODAL
+    )
 
 
 def _check_downsample(downsample: int, shape: tuple[int, ...]) -> None:
@@ -561,7 +601,7 @@ def register(
     if ndim != fixed_image.ndim:
         raise OptionError(
             "model",
-            model if isinstance(model, str | os.PathLike) else type(model).__name__,
+            _net_name(model),
             f"is a {ndim}-D network and the images are {fixed_image.ndim}-D: give a "
             f"{fixed_image.ndim}-D model, or none (instance optimisation alone)",
         )
@@ -569,14 +609,16 @@ def register(
     info: dict[str, Any] = {
         "preset": settings.preset,
         "affine": settings.affine,
-        "model": None if model is None else str(getattr(model, "config", model)),
+        "model": None if net is None else str(getattr(model, "config", model)),
         "optimize_steps": settings.optimize_steps,
         "optimize_target": settings.optimize_target,
         "downsample": settings.downsample,
         "precision": settings.precision,
         "device": str(settings.device),
-        "warnings": [],
+        "warnings": list(settings.notes),
     }
+    for note in settings.notes:
+        warnings.warn(note, stacklevel=2)
     check_finite(fixed_image, "fixed image")
     check_finite(moving_image, "moving image")
     start = time.perf_counter()

@@ -62,8 +62,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "cache": True,  # keep decoded volumes in memory
         "workers": 2,  # DataLoader worker processes
         "synth": False,  # images synthesised from the label maps (eoir.synth; section synth)
-        # draw synthetic pairs on the training device in the main process (a GPU draws one in
-        # milliseconds, CPU workers in about a second); data.workers is then unused
+        # draw synthetic pairs on the training device in the training process (for a GPU with
+        # few CPU cores beside it); data.workers is then unused
         "synth_on_device": False,
     },
     "loss": {

@@ -238,8 +238,8 @@ class SynthPairDataset(torch.utils.data.Dataset):
         Add the true field of one-head pairs (for a supervised field term).
     device : torch.device or str
         Where pairs are drawn (the maps are kept there): the CPU in DataLoader workers, or the
-        training GPU in the main process (a pair in milliseconds instead of a second). The
-        draws themselves come from CPU generators either way.
+        training GPU in the training process. The draws themselves come from CPU generators
+        either way.
     """
 
     def __init__(
