@@ -21,9 +21,8 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
-# pairs are drawn by 4 CPU workers per run (0.27 s a pair here since 2026-11-30; drawn
-# on the GPU in the training process, the runs of 2026-11-30 waited for data half the time);
-# the GPU path is checked all the same
+# the runs draw pairs in CPU workers (train_brain_gpu.py's SYNTH table); the GPU path
+# (data.synth_on_device) is checked all the same
 python3 -m pytest -q -p no:cacheprovider tests/synth/test_synth.py -k gpu 2>&1 | tail -4
 
 timeout 120 python3 benchmarks/train_speed.py --device cuda --widths 32 --sizes full --steps 8 \
@@ -31,6 +30,6 @@ timeout 120 python3 benchmarks/train_speed.py --device cuda --widths 32 --sizes 
 
 python3 benchmarks/train_brain_gpu.py --recipe synth-brain --dataset .data/synthseg-label-maps \
     --out runs/any-gpu --steps 100000 --minutes "$minutes" --threads 2 \
-    --set optim.schedule=constant --set data.synth_on_device=false --set data.workers=4 \
+    --set optim.schedule=constant \
     --pack "$out/any-runs.tar.gz" 2>&1 | tee "$out/train.txt"
 for log in runs/any-gpu/*.log; do tail -n 3 "$log"; done

@@ -46,9 +46,11 @@ BRAIN: dict[str, list[str]] = {
     "voxelmorph": ["model.architecture=voxelmorph"],
     "eoir-w16-reg1": ["model.width=16", "loss.reg_weight=1.0"],
 }
-# the any-MRI model (issue 16), recipe synth-brain on label maps alone: pairs drawn on the GPU,
-# the known-field term on one-head pairs, NCC on the half of the pairs that share a contrast
-_SYNTH = ["data.synth_on_device=true", "loss.field_weight=0.5", "train.save_every=200"]
+# the any-MRI model (issue 16), recipe synth-brain on label maps alone: pairs drawn by 4 CPU
+# workers per run (drawn on the GPU, data.synth_on_device, the runs of 2026-11-30 waited for data
+# half the time), the known-field term on one-head pairs, NCC on the half of the pairs that share
+# a contrast
+_SYNTH = ["data.workers=4", "loss.field_weight=0.5", "train.save_every=200"]
 _START = ["synth.same_contrast=0.5", "loss.sim_weight=1"]
 SYNTH: dict[str, list[str]] = {
     "any-init": [*_SYNTH, *_START, "train.init=brain-mri", "optim.lr=2e-4"],
