@@ -15,6 +15,16 @@ To compare two versions of the code, run it with each tree's ``src`` first on th
     python benchmarks/register_phases.py --import-ab /tmp/before/src --repeats 10
 
 The pair is OASIS-TRT-20 14 -> 13 from ``../shared/data`` (skipped when absent).
+
+``--native`` times the raw-scan path instead (``eoir register --affine`` with labels, on the
+native 256x256x160 scans of ``oasis-trt-20-native``), stage by stage as
+:func:`eoir.register` runs them (:mod:`eoir.registration.pipeline`): reading (images are read
+lazily: their voxels are decompressed in the first stage that touches them, normalising),
+the affine stage, sampling both images onto the working grid, the network, the field on the
+fixed grid with the affine folded in, the folding statistics of the summary line, the warped
+image and labels, and writing the three outputs::
+
+    python benchmarks/register_phases.py --native
 """
 
 from __future__ import annotations
@@ -36,7 +46,9 @@ from eoir import register
 from eoir.io import OutputSet, read_image
 
 try:
+    from eoir.io import read_labels
     from eoir.nn import load_model
+    from eoir.registration import pipeline
     from eoir.registration.preprocess import normalise
 except ImportError:  # a tree from before the package's subpackages
     from eoir.checkpoint import load_model
@@ -72,15 +84,81 @@ def import_ab(before: str, rounds: int) -> None:
     )
 
 
+def native_phases(data: Path, repeats: int) -> None:
+    """The raw-scan path's stages on native pair 14 -> 13 (medians after a warm-up round)."""
+    images, labels = data / "imagesTr", data / "labelsTr"
+    fixed_path = images / "OASISTRT_0013_0000.nii.gz"
+    moving_path = images / "OASISTRT_0014_0000.nii.gz"
+    labels_path = labels / "OASISTRT_0014_0000.nii.gz"
+    if not all(p.is_file() for p in (fixed_path, moving_path, labels_path)):
+        print(f"skipped: the native pair 14 -> 13 is not in {data}")
+        return
+    print(
+        f"eoir from {Path(eoir.__file__).parent}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; native OASIS-TRT-20 14 -> 13, --affine"
+    )
+    folder = Path(tempfile.mkdtemp(prefix="eoir-phases-"))
+    outputs = [folder / name for name in ("w.nii.gz", "f.nii.gz", "l.nii.gz")]
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, function, *arguments):
+        began = time.perf_counter()
+        value = function(*arguments)
+        times.setdefault(name, []).append(time.perf_counter() - began)
+        return value
+
+    def write(result, warped, warped_labels) -> None:
+        with OutputSet(outputs, overwrite=True) as out:
+            out.write_image(outputs[0], warped, result.fixed)
+            out.write_field(outputs[1], result.disp, result.fixed, "itk")
+            out.write_image(outputs[2], warped_labels, result.fixed)
+
+    for round_ in range(repeats + 1):
+        if round_ == 1:
+            times.clear()
+        times.setdefault("import eoir.cli (in a new process)", []).append(import_seconds())
+        model = timed("load the shipped model", load_model, "brain-mri", torch.device("cpu"))
+        fixed = timed("read the fixed image (header)", read_image, fixed_path, "fixed image")
+        moving = timed("read the moving image (header)", read_image, moving_path, "moving image")
+        moving_labels = timed("read the moving labels", read_labels, labels_path, moving, "labels")
+        net, settings = pipeline.configure(
+            model, pipeline.Settings(affine=True, device="cpu", progress=False)
+        )
+        pair = timed("decompress and normalise both", pipeline.prepare, fixed, moving, settings)
+        world = timed("affine stage", pipeline.align, pair, settings)
+        frame = pipeline.frame_for(net, fixed, settings)
+        work = timed("both onto the working grid", pipeline.sample_pair, pair, world, settings,
+                     frame)  # fmt: skip
+        disp = timed("network", pipeline.predict, work, net, settings)
+        result = timed("field on the fixed grid, affine folded in", pipeline.finish, pair, work,
+                       disp, world, 0.0, {})  # fmt: skip
+        timed("folding statistics", result.jacobian_stats)
+        warped = timed("warp the moving image", result.warped)
+        warped_labels = timed("warp the labels", result.warp_labels, moving_labels)
+        timed("write image, field, labels (.nii.gz)", write, result, warped, warped_labels)
+    print(f"working grid {tuple(work.fixed.shape[2:])} (cropped to the foreground)")
+    print("| phase | median s |")
+    print("|---|---|")
+    for name, values in times.items():
+        print(f"| {name} | {statistics.median(values):.3f} |")
+    total = sum(statistics.median(v) for v in times.values())
+    print(f"| sum | {total:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/oasis-trt-20"))
+    parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--import-ab", metavar="SRC", help="only time the import against SRC")
+    parser.add_argument("--native", action="store_true", help="the raw-scan path (--affine)")
     args = parser.parse_args()
     if args.import_ab:
         import_ab(args.import_ab, max(args.repeats, 2))
         return
+    if args.native:
+        native_phases(args.data or Path("../shared/data/oasis-trt-20-native"), args.repeats)
+        return
+    args.data = args.data or Path("../shared/data/oasis-trt-20")
     images = args.data / "imagesTr"
     fixed_path = images / "OASISTRT_0013_0000.nii.gz"
     moving_path = images / "OASISTRT_0014_0000.nii.gz"

@@ -275,7 +275,9 @@ def mean_hd95(
 
 
 def jacobian_stats(
-    disp: np.ndarray | torch.Tensor, spacing: Sequence[float] | None = None
+    disp: np.ndarray | torch.Tensor,
+    spacing: Sequence[float] | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> dict[str, float]:
     """Folding and smoothness statistics of a displacement field.
 
@@ -288,6 +290,11 @@ def jacobian_stats(
     spacing : sequence of float, optional
         Only when ``disp`` is in mm per array axis: the voxel size (see
         :func:`eoir.spatial.jacobian_determinant`).
+    dtype : torch.dtype
+        Arithmetic of the differences, determinants and each slab's moments (the slabs are
+        merged in float64). float32 is about 2x faster on a CPU and, on a 256x256x160 field,
+        counts the same folded voxels and gives SDlogJ within 1e-8 (``python
+        benchmarks/kernel_swaps.py``); evaluations keep float64.
 
     Returns
     -------
@@ -309,7 +316,7 @@ def jacobian_stats(
             f"disp must be (ndim, *spatial) or (1, ndim, *spatial), got {tuple(np.shape(disp))}"
         )
     stats = _DeterminantStats(tuple(d.shape[1:]))
-    for start, det in jacobian_determinant_slabs(d.unsqueeze(0), spacing, torch.float64):
+    for start, det in jacobian_determinant_slabs(d.unsqueeze(0), spacing, dtype):
         stats.add(start, det[0])
     return stats.result()
 

@@ -320,3 +320,44 @@ def test_big_endian_nifti_reads_in_native_byte_order():
     assert image.array.dtype.isnative and image.array.dtype == np.int16
     np.testing.assert_array_equal(image.array, np.asanyarray(nib.load(str(SCAN)).dataobj))
     torch.from_numpy(image.array)  # torch takes it
+
+
+@pytest.mark.parametrize("with_world", [False, True])
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_total_field_of_a_coarse_field_is_the_upsampled_field_folded(with_world, ndim):
+    """A network's field on its coarser working grid is interpolated inside total_field (with
+    the affine applied first, as it is linear): the same as resizing it, then folding."""
+    from eoir.spatial import resize_field
+
+    shape, small = (21, 17, 12)[:ndim], (11, 9, 6)[:ndim]
+    fixed = Image(np.zeros(shape, np.float32), np.diag([*(1.2, 0.9, 2.0)[:ndim], 1.0]))
+    coarse = torch.randn(1, ndim, *small, generator=torch.Generator().manual_seed(0))
+    world = None
+    if with_world:
+        world = np.eye(ndim + 1)
+        world[:ndim, :ndim] += np.random.default_rng(1).normal(0, 0.1, (ndim, ndim))
+        world[:ndim, ndim] = np.arange(1, ndim + 1) * 2.5
+    want = total_field(fixed, resize_field(coarse, shape), world)
+    got = total_field(fixed, coarse, world)
+    assert got.shape == (1, ndim, *shape) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+    # a field on the fixed grid itself is not changed in place
+    full = resize_field(coarse, shape)
+    before = full.clone()
+    total_field(fixed, full, world)
+    assert torch.equal(full, before)
+
+
+def test_warps_sharing_positions_equal_their_own(geometry):
+    """The image and its labels read the moving grid at positions made once (write)."""
+    from eoir.registration.result import RegistrationResult
+
+    fixed, moving = geometry
+    labels = Image((moving.array > 0.5).astype(np.int16) * 7, moving.affine)
+    result = RegistrationResult(fixed, moving, smooth_field(fixed.shape, 2.0))
+    positions = result.positions()
+    assert positions is not None and positions.shape == (1, 3, *fixed.shape)
+    assert np.array_equal(result.warped(positions), result.warped())
+    assert np.array_equal(result.warp_labels(labels, positions), result.warp_labels(labels))
+    same_grid = RegistrationResult(fixed, Image(np.ones(fixed.shape), fixed.affine), result.disp)
+    assert same_grid.positions() is None

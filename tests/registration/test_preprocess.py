@@ -5,7 +5,30 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eoir.registration.preprocess import PRESETS, normalise
+from eoir.registration.preprocess import PRESETS, normalise, percentiles
+
+
+@pytest.mark.parametrize("dtype", ["int16", ">i2", "uint8", "int8", "uint16", "int32", "int64"])
+@pytest.mark.parametrize("size", [1, 2, 7, 1000, 30001])
+def test_counted_percentiles_equal_numpys(dtype, size):
+    info = np.iinfo(np.dtype(dtype))
+    rng = np.random.default_rng(size)
+    array = rng.integers(max(info.min, -3000), min(info.max, 3000), size, endpoint=True)
+    array = array.astype(dtype)
+    q = (0.5, 99.5, 0, 100, 37.3)
+    want = [float(v) for v in np.percentile(array.astype(np.float64), q)]
+    assert percentiles(array, q) == want
+    # a Fortran-ordered volume (as nibabel reads NIfTI) is counted without a copy: same values
+    volume = np.asfortranarray(np.resize(array, (3, 5, 7)))
+    assert percentiles(volume, q) == [float(v) for v in np.percentile(volume.astype("f8"), q)]
+
+
+def test_wide_integer_spans_and_floats_fall_back_to_numpy():
+    wide = np.array([0, 5, 1 << 30, -(1 << 29)], dtype=np.int64)
+    floats = np.random.default_rng(0).normal(size=999).astype(np.float32)
+    for array in (wide, floats):
+        want = [float(v) for v in np.percentile(array.astype(np.float64), (0.5, 99.5))]
+        np.testing.assert_allclose(percentiles(array, (0.5, 99.5)), want, rtol=1e-6)
 
 
 def test_percentiles_of_a_wide_integer_span_do_not_wrap_around():

@@ -46,7 +46,6 @@ from eoir.registration.preprocess import PRESETS, Preset, check_finite, is_const
 from eoir.registration.resample import to_fixed_grid, total_field
 from eoir.registration.result import RegistrationResult
 from eoir.runtime import resolve_device
-from eoir.spatial import resize_field
 
 __all__ = [
     "DEFAULT_OPTIMIZE_STEPS",
@@ -480,14 +479,15 @@ def finish(
         disp = work.fixed.new_zeros(1, len(frame.shape), *frame.shape)
     else:
         disp = paste(disp.detach(), work.box, frame.shape)
-    full = tuple(pair.fixed.shape[i] for i in frame.order)  # the fixed grid, model axis order
-    disp = frame.field_from_model(resize_field(disp.float().cpu(), full))
-    total = total_field(pair.fixed, disp, world)
-    if not torch.isfinite(total).all():
+    # on the working grid in the fixed image's axis order (permuting and flipping commute with
+    # the corner-aligned linear interpolation onto the fixed grid that total_field makes)
+    disp = frame.field_from_model(disp.float().cpu())
+    if not torch.isfinite(disp).all() or (world is not None and not np.isfinite(world).all()):
         raise InputError(
             f"the registration of {pair.moving.path} to {pair.fixed.path} gave NaN or infinite "
             f"displacements (model {info.get('model')}): nothing was written"
         )
+    total = total_field(pair.fixed, disp, world)
     return RegistrationResult(pair.fixed, pair.moving, total, world, seconds, info)
 
 

@@ -14,7 +14,7 @@ from eoir.errors import InputError
 from eoir.image import Image
 from eoir.options import look_up_option
 
-__all__ = ["PRESETS", "Preset", "check_finite", "is_constant", "normalise"]
+__all__ = ["PRESETS", "Preset", "check_finite", "is_constant", "normalise", "percentiles"]
 
 Preset = Literal["mri", "ct", "lung", "none"]
 # intensity preset -> the window mapped to [0, 1]: "percentiles" (robust min-max), a fixed
@@ -37,6 +37,57 @@ def check_finite(image: Image, what: str = "image") -> None:
 def is_constant(array: np.ndarray) -> bool:
     """Whether every voxel has the same value (nothing to register)."""
     return array.size == 0 or bool(array.min() == array.max())
+
+
+_COUNTED_RANGE = 1 << 22  # integer images spanning fewer values: counted in a histogram
+
+
+def percentiles(array: np.ndarray, q: tuple[float, ...]) -> list[float]:
+    """``numpy.percentile(array, q)`` (its default, linear method) as floats, by counting when
+    it can.
+
+    An integer image (what scanners write) spanning fewer than 2**22 values is counted in one
+    ``numpy.bincount`` pass and its order statistics read from the cumulative counts: numpy's
+    values, about 5x faster than its partial sorts on a 256x256x160 volume. Floats, and wider
+    integer spans, go to ``numpy.percentile`` (integers as float64: numpy's ``b - a`` in a
+    narrow integer type can wrap around).
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        Any shape, any byte order, not empty.
+    q : tuple of float
+        Percentiles in [0, 100].
+
+    Returns
+    -------
+    list of float
+    """
+    if array.dtype.kind not in "iu":
+        return [float(v) for v in np.percentile(array, q)]
+    low, high = int(array.min()), int(array.max())
+    if high - low >= _COUNTED_RANGE:
+        return [float(v) for v in np.percentile(array.astype(np.float64), q)]
+    native = np.asarray(array, dtype=array.dtype.newbyteorder("="))
+    # offsets from the minimum in the same width (a signed difference wraps to the right
+    # unsigned value), in storage order: no copy of a Fortran-ordered NIfTI array first
+    flat = native.ravel(order="K")
+    offsets = (flat - native.dtype.type(low)).view(f"u{native.dtype.itemsize}")
+    if offsets.dtype.itemsize == 8:
+        offsets = offsets.astype(np.intp)
+    cumulative = np.cumsum(np.bincount(offsets))
+    last = array.size - 1
+    out = []
+    for quantile in np.asarray(q, dtype=np.float64) / 100:
+        virtual = last * quantile  # numpy's "linear" method
+        previous = int(min(max(np.floor(virtual), 0), last))
+        following = min(previous + 1, last)
+        a, b = (
+            float(low + np.searchsorted(cumulative, k, side="right")) for k in (previous, following)
+        )
+        t = float(virtual - previous)
+        out.append(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)  # numpy's lerp
+    return out
 
 
 def normalise(array: np.ndarray, preset: Preset = "mri") -> np.ndarray:
@@ -64,8 +115,8 @@ def normalise(array: np.ndarray, preset: Preset = "mri") -> np.ndarray:
     if isinstance(window, tuple):
         lo, hi = window
     else:
-        # of the float32 copy: numpy's interpolation in a narrow integer type can wrap around
-        lo, hi = (float(v) for v in np.percentile(x, (0.5, 99.5)))
+        # integers counted as stored; floats of the float32 copy
+        lo, hi = percentiles(array if array.dtype.kind in "iu" else x, (0.5, 99.5))
         if hi <= lo:
             lo, hi = float(x.min()), float(x.max())
     if hi <= lo:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from eoir.errors import InputError
 from eoir.image import Image
@@ -70,6 +71,7 @@ def to_fixed_grid(
     world: np.ndarray | None = None,
     values: np.ndarray | None = None,
     mode: Interpolation = "bilinear",
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample the moving image onto the fixed grid (optionally through ``world`` and ``disp``).
 
@@ -87,6 +89,9 @@ def to_fixed_grid(
         Array to sample instead of ``moving.array`` (same grid), e.g. normalised intensities.
     mode : {"bilinear", "nearest"}
         Interpolation; outside the moving image the value is 0.
+    positions : torch.Tensor, optional
+        :func:`moving_positions` of this fixed grid, moving grid, ``disp`` and ``world``,
+        made once for several images on one moving grid (an image and its labels).
 
     Returns
     -------
@@ -111,13 +116,14 @@ def to_fixed_grid(
             dtype = torch.float64
     device = disp.device if disp is not None else torch.device("cpu")
     image = torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)[None, None]
-    if world is None and moving.same_grid(fixed):
+    if positions is None and world is None and moving.same_grid(fixed):
         if disp is None:
             return image
         # one grid: the field's own warp (a sampling grid in one pass, no position map)
         return warp(image, disp.to(dtype), mode=mode, padding="zeros")
-    positions = moving_positions(fixed, moving.affine, disp, world, dtype)
-    return sample(image, positions, mode=mode, padding="zeros")
+    if positions is None:
+        positions = moving_positions(fixed, moving.affine, disp, world, dtype)
+    return sample(image, positions.to(dtype), mode=mode, padding="zeros")
 
 
 def warp_image(
@@ -125,6 +131,7 @@ def warp_image(
     fixed: Image,
     disp: torch.Tensor | None = None,
     mode: Interpolation = "bilinear",
+    positions: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Warp an original moving image (or label map) onto the fixed grid, keeping its dtype.
 
@@ -139,13 +146,16 @@ def warp_image(
         None maps the image by geometry alone (before any registration).
     mode : {"bilinear", "nearest"}
         Linear for intensities, nearest for label maps (values are kept exactly).
+    positions : torch.Tensor, optional
+        The moving voxel of each fixed voxel, made once for several images on one moving grid
+        (see :func:`to_fixed_grid`).
 
     Returns
     -------
     numpy.ndarray
         ``(*fixed.shape)`` in ``moving.array``'s dtype (rounded and clipped for integer types).
     """
-    warped = to_fixed_grid(moving, fixed, disp=disp, mode=mode)[0, 0].cpu()
+    warped = to_fixed_grid(moving, fixed, disp=disp, mode=mode, positions=positions)[0, 0].cpu()
     dtype = moving.array.dtype
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
@@ -165,30 +175,57 @@ def total_field(
     fixed : Image
         The fixed grid.
     disp : torch.Tensor, optional
-        ``(1, ndim, *fixed.shape)`` deformable displacement in fixed voxels (zero if None).
+        ``(1, ndim, *shape)`` deformable displacement (zero if None): on the fixed grid in fixed
+        voxels, or on a coarser grid of the same extent (first and last voxel centres shared,
+        a network's working grid) in that grid's voxels, then brought onto the fixed grid by
+        linear interpolation as :func:`eoir.spatial.resize_field` does, in the same pass.
     world : numpy.ndarray, optional
         ``(ndim+1, ndim+1)`` fixed world -> moving world affine (identity if None).
 
     Returns
     -------
     torch.Tensor
-        ``(1, ndim, *fixed.shape)``: ``A_f^-1 world A_f (p + disp(p)) - p``, fixed voxels.
+        ``(1, ndim, *fixed.shape)`` float32: ``A_f^-1 world A_f (p + disp(p)) - p``, fixed
+        voxels.
     """
-    if world is None:  # A_f^-1 A_f (p + disp) - p
-        return (
-            disp.to(torch.float32, copy=True)
-            if disp is not None
-            else torch.zeros(1, fixed.ndim, *fixed.shape)
-        )
-    # (M - I) p + M disp + t with M, t the voxel matrix: float32 sums of small terms, as exact
-    # as float64 positions less the grid (7.6e-6 voxel apart on 256x256x160) and 3x faster
-    # (benchmarks/kernel_swaps.py)
-    ndim = fixed.ndim
+    ndim, shape = fixed.ndim, tuple(fixed.shape)
     device = disp.device if disp is not None else torch.device("cpu")
-    matrix = torch.as_tensor(_matrix(fixed, fixed.affine, world), dtype=torch.float64)
-    linear, offset = matrix[:ndim, :ndim], matrix[:ndim, ndim]
-    change = (linear - torch.eye(ndim, dtype=torch.float64)).to(device, torch.float32)
-    out = torch.einsum("ij,bj...->bi...", change, identity_grid(fixed.shape, device))
-    if disp is not None:
-        out += torch.einsum("ij,bj...->bi...", linear.to(device, torch.float32), disp.float())
-    return out + offset.to(device, torch.float32).view(1, ndim, *([1] * ndim))
+    if disp is None:
+        out = torch.zeros(1, ndim, *shape, device=device)
+        linear = None
+    else:
+        # the interpolation is linear, so the matrix (with the coarse grid's voxel lengths
+        # converted to fixed voxels) goes onto the coarse field before it: one full-size pass
+        small = tuple(disp.shape[2:])
+        scale = [(n - 1) / (m - 1) if m > 1 else 1.0 for n, m in zip(shape, small, strict=True)]
+        matrix = torch.diag(torch.tensor(scale, dtype=torch.float64))
+        linear = torch.eye(ndim, dtype=torch.float64)
+        if world is not None:
+            linear = torch.as_tensor(_matrix(fixed, fixed.affine, world), dtype=torch.float64)
+            linear = linear[:ndim, :ndim]
+        mapped = torch.einsum("ij,bj...->bi...", (linear @ matrix).to(device, torch.float32),
+                              disp.float())  # fmt: skip
+        if small == shape:
+            out = mapped if mapped is not disp else mapped.clone()
+        else:
+            mode = "trilinear" if ndim == 3 else "bilinear"
+            out = F.interpolate(mapped, size=shape, mode=mode, align_corners=True)
+    if world is None:  # A_f^-1 A_f (p + disp) - p
+        return out
+    # + (M - I) p + t, M and t the voxel matrix: per component a sum of one ramp per axis,
+    # added by broadcasting (no grid of positions); float32 sums of small terms, as exact as
+    # float64 positions less the grid (benchmarks/kernel_swaps.py)
+    full = torch.as_tensor(_matrix(fixed, fixed.affine, world), dtype=torch.float64)
+    change = full[:ndim, :ndim] - torch.eye(ndim, dtype=torch.float64)
+    ramps = [torch.arange(n, dtype=torch.float64) for n in shape]
+    along = [[-1 if k == j else 1 for k in range(ndim - 1)] for j in range(ndim - 1)]
+    for i in range(ndim):
+        # all axes but the last summed on a small grid, then the last axis's ramp
+        head = full[i, ndim].clone().reshape([1] * (ndim - 1))
+        for j in range(ndim - 1):
+            head = head + (change[i, j] * ramps[j]).reshape(along[j])
+        tail = change[i, ndim - 1] * ramps[ndim - 1]
+        component = out[0, i]
+        component += head.to(device, torch.float32).unsqueeze(-1)
+        component += tail.to(device, torch.float32)
+    return out

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import torch.distributed as dist
 
 from eoir.errors import InputError
@@ -175,7 +176,8 @@ def evaluate(
         row, per_label = score_pair(
             fixed_labels.array, warped, moving_labels.array, result.fixed.spacing, spec.label_names
         )
-        row = {"fixed": fixed.name, "moving": moving.name, **row, **result.jacobian_stats()}
+        stats = result.jacobian_stats(torch.float64)  # an evaluation: float64 arithmetic
+        row = {"fixed": fixed.name, "moving": moving.name, **row, **stats}
         row.pop("std_log_j")
         row["seconds"] = round(result.seconds, 3)
         if fields_dir is not None:
