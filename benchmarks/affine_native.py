@@ -16,9 +16,18 @@ information), and a whole head against the same brain skull-stripped (an image m
 SynthSeg label map, the head moved by 20 degrees and 10 mm); the error is the mean distance
 (mm) between where the true and the found transforms take the fixed image's brain voxels.
 
+``--peers`` adds the kept libraries the issue named, each with its documented defaults, where
+installed (in a separate venv; never eoir's dependencies): ``torchreg`` (MIT; ``AffineRegistration``
+with its defaults, 500 + 100 Adam steps at 1/4 and 1/2 resolution, MSE, on the moving image first
+brought onto the fixed grid through the headers, since it works on one grid) and ``fireants``
+(FireANTs' own licence: a peer, not a dependency; its ``MomentsRegistration`` with second
+moments, then ``AffineRegistration`` with local NCC at scales 4 and 2, 200 and 100 steps, both on
+the files' physical geometry, on the CPU; ``--fireants-scales 4,2,1`` adds its usual 50 steps at
+full resolution, 11 s a step on a 2-core CPU without its fused CUDA operations).
+
 Usage::
 
-    python benchmarks/affine_native.py [--robustness] [--no-simpleitk]
+    python benchmarks/affine_native.py [--robustness] [--no-simpleitk] [--peers]
 """
 
 from __future__ import annotations
@@ -64,10 +73,60 @@ def error_mm(found: np.ndarray, true: np.ndarray, image: Image) -> float:
     return float(np.linalg.norm(((found - true) @ points)[:3], axis=0).mean())
 
 
+def torchreg_align(f: Image, m: Image, fv: np.ndarray, mv: np.ndarray) -> np.ndarray:
+    """torchreg's affine with its defaults; its matrix (on grid_sample's normalised (x, y, z)
+    coordinates of the fixed grid) turned into fixed RAS world -> moving RAS world."""
+    import torch
+    from torchreg import AffineRegistration
+
+    from eoir.registration.resample import to_fixed_grid
+
+    moving = to_fixed_grid(Image(mv, m.affine), f, values=mv)  # one grid, through the headers
+    static = torch.from_numpy(np.ascontiguousarray(fv))[None, None]
+    registration = AffineRegistration(verbose=False)
+    registration(moving, static, return_moved=False)
+    normalised = np.vstack([registration.get_affine()[0].double().numpy(), [0, 0, 0, 1]])
+    to_normalised = np.zeros((4, 4))  # fixed voxel (i, j, k) -> (x, y, z) = reversed, in [-1, 1]
+    to_normalised[3, 3] = 1.0
+    for axis, n in enumerate(f.shape):
+        to_normalised[2 - axis, axis] = 2.0 / (n - 1)
+        to_normalised[2 - axis, 3] = -1.0
+    voxels = np.linalg.inv(to_normalised) @ normalised @ to_normalised
+    return f.affine @ voxels @ np.linalg.inv(f.affine)
+
+
+def fireants_align(
+    f: Image, m: Image, fv: np.ndarray, mv: np.ndarray, scales: tuple[int, ...] = (4, 2)
+) -> np.ndarray:
+    """FireANTs' moments, then affine registration, on the files as read (its physical, LPS
+    coordinates); its fixed -> moving matrix turned into RAS."""
+    import torch
+    from fireants.io import BatchedImages
+    from fireants.io import Image as FireImage
+    from fireants.registration.affine import AffineRegistration
+    from fireants.registration.moments import MomentsRegistration
+
+    fixed = BatchedImages([FireImage.load_file(str(f.path), device="cpu")])
+    moving = BatchedImages([FireImage.load_file(str(m.path), device="cpu")])
+    moments = MomentsRegistration(1.0, fixed, moving, moments=2, blur=True, cc_kernel_size=5)
+    moments.optimize()
+    steps = {4: 200, 2: 100, 1: 50}
+    affine = AffineRegistration(list(scales), [steps[s] for s in scales], fixed, moving,
+                                loss_type="cc",
+                                optimizer_lr=3e-3, cc_kernel_size=5,
+                                init_rigid=moments.get_affine_init())  # fmt: skip
+    affine.optimize()
+    lps = affine.get_affine_matrix()[0].detach().to(torch.float64).numpy()
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS
+    return flip @ lps @ flip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--robustness", action="store_true")
     parser.add_argument("--no-simpleitk", action="store_true")
+    parser.add_argument("--peers", action="store_true", help="torchreg, FireANTs where installed")
+    parser.add_argument("--fireants-scales", default="4,2", help="FireANTs' affine scales")
     args = parser.parse_args()
     native = DATA / "oasis-trt-20-native"
     if not native.is_dir():
@@ -82,6 +141,19 @@ def main() -> int:
         methods["simpleitk-light"] = lambda f, m, fv, mv: sitk_affine_align(
             f, m, fv, mv, iterations=100, sampling=0.05
         )
+    if args.peers:
+        import importlib.util
+
+        scales = tuple(int(s) for s in args.fireants_scales.split(","))
+
+        def fireants(f, m, fv, mv):
+            return fireants_align(f, m, fv, mv, scales)
+
+        for peer, align in (("torchreg", torchreg_align), ("fireants", fireants)):
+            if importlib.util.find_spec(peer) is None:
+                print(f"{peer}: not installed, skipped")
+            else:
+                methods[peer] = align
     name = "OASISTRT_{:04d}_0000.nii.gz"
     subjects = (13, 14, 15)
     images = {s: eoir.read_image(native / "imagesTr" / name.format(s)) for s in subjects}

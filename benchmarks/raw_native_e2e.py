@@ -15,15 +15,21 @@ Dice of the written warped labels against the fixed labels (Learn2Reg convention
 the ratio of the medians. Needs antspyx (``pip install -e ".[bench]"``, or a separate venv: run
 this script with that venv's python; eoir runs with the same interpreter).
 
+``--before SRC`` adds a third command, the same eoir command run from another tree's ``src``
+(``git worktree add /tmp/before HEAD~1``), timed in the same rounds: a change's effect on the
+whole command, side by side; with ``--skip-ants`` only the two eoir commands run (``--rounds N``
+times over the pairs), for a change's effect measured on more rounds than ANTs' time allows.
+
 Usage::
 
-    python benchmarks/raw_native_e2e.py [--pairs 6] [--threads 2]
+    python benchmarks/raw_native_e2e.py [--pairs 6] [--threads 2] [--before /tmp/before/src]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
 import subprocess
 import sys
@@ -56,21 +62,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--before", metavar="SRC", help="also run eoir from this src folder")
+    parser.add_argument("--skip-ants", action="store_true", help="with --before: eoir only")
+    parser.add_argument("--rounds", type=int, default=1, help="passes over the pairs")
     args = parser.parse_args()
+    if args.skip_ants and not args.before:
+        parser.error("--skip-ants compares two eoir trees: give --before SRC")
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found")
         return 0
-    try:
-        import ants  # noqa: F401
-    except ImportError:
-        print("skipped: antspyx is not installed (pip install -e '.[bench]')")
-        return 0
+    if not args.skip_ants:
+        try:
+            import ants  # noqa: F401
+        except ImportError:
+            print("skipped: antspyx is not installed (pip install -e '.[bench]')")
+            return 0
     name = "OASISTRT_{:04d}_0000.nii.gz"
-    times: dict[str, list[float]] = {"eoir": [], "ants": []}
-    dices: dict[str, list[float]] = {"eoir": [], "ants": []}
-    print("| pair | eoir Dice | eoir s | ANTs Dice | ANTs s |")
-    print("|---|---|---|---|---|")
-    pairs = list(itertools.permutations((13, 14, 15), 2))[: args.pairs]
+    methods = ["eoir"] + ([] if args.skip_ants else ["ants"]) + (["before"] if args.before else [])
+    times: dict[str, list[float]] = {method: [] for method in methods}
+    dices: dict[str, list[float]] = {method: [] for method in methods}
+    labels = {"eoir": "eoir", "ants": "ANTs", "before": "before"}
+    print("| pair | " + " | ".join(f"{labels[m]} Dice | {labels[m]} s" for m in methods) + " |")
+    print("|---|" + "---|---|" * len(methods))
+    pairs = list(itertools.permutations((13, 14, 15), 2))[: args.pairs] * args.rounds
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for f, m in pairs:
@@ -85,10 +99,22 @@ def main() -> int:
                 "ants": [sys.executable, "-c", ANTS, fixed, moving, moving_labels,
                          out / "a_w.nii.gz", out / "a_l.nii.gz", str(args.threads)],
             }  # fmt: skip
+            if args.skip_ants:
+                del commands["ants"]
+            if args.before:  # the same eoir command from the other tree
+                commands["before"] = [
+                    str(c).replace("e_", "b_") if str(c).startswith(str(out)) else c
+                    for c in commands["eoir"]
+                ]
             row = [f"{m} -> {f}"]
             for method, command in commands.items():
+                env = None
+                if method == "before":
+                    env = {**os.environ, "PYTHONPATH": args.before}
                 began = time.perf_counter()
-                done = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+                done = subprocess.run(
+                    [str(c) for c in command], capture_output=True, text=True, env=env
+                )
                 seconds = time.perf_counter() - began
                 if done.returncode != 0:
                     print(done.stderr[-2000:], file=sys.stderr)
@@ -103,10 +129,22 @@ def main() -> int:
                 dices[method].append(dice)
                 row += [f"{dice:.3f}", f"{seconds:.1f}"]
             print("| " + " | ".join(row) + " |", flush=True)
-    e, a = statistics.median(times["eoir"]), statistics.median(times["ants"])
-    print(f"\nmean Dice: eoir {statistics.fmean(dices['eoir']):.3f}, "
-          f"ANTs {statistics.fmean(dices['ants']):.3f}; median seconds: eoir {e:.1f}, "
-          f"ANTs {a:.1f}: eoir {a / e:.1f}x faster")  # fmt: skip
+    e = statistics.median(times["eoir"])
+    print(f"\neoir: mean Dice {statistics.fmean(dices['eoir']):.3f}, median {e:.2f} s")
+    if not args.skip_ants:
+        a = statistics.median(times["ants"])
+        print(f"ANTs: mean Dice {statistics.fmean(dices['ants']):.3f}, median {a:.1f} s: eoir "
+              f"{a / e:.1f}x faster")  # fmt: skip
+    if args.before:
+        b = statistics.median(times["before"])
+        faster = sum(x < y for x, y in zip(times["eoir"], times["before"], strict=True))
+        line = (
+            f"before ({args.before}): mean Dice {statistics.fmean(dices['before']):.3f}, "
+            f"median {b:.2f} s; eoir faster in {faster} of {len(times['eoir'])} rounds"
+        )
+        if not args.skip_ants:
+            line += f"; before was {a / b:.1f}x faster than ANTs"
+        print(line)
     return 0
 
 

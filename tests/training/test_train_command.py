@@ -308,6 +308,10 @@ def test_bad_inputs(dataset, tmp_path):
             "a true field exists only for images synthesised from label maps",
         ),
         "zero width": ([*base, "--dataset", dataset, "--set", "model.width=0"], "must be >= 1"),
+        "an image term that never applies": (
+            [*base, "--dataset", dataset, "--set", "data.synth=true", "--set", "loss.sim_weight=1"],
+            "synth.same_contrast = 0 draws no pair of one contrast, so it would never apply",
+        ),
         "even window": (
             [*base, "--dataset", dataset, "--set", "loss.windows=[9,4]"],
             "NCC windows must be odd",

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from eoir.errors import InputError, OptionError, reason
-from eoir.losses import PENALTIES, SIMILARITIES
+from eoir.losses import MULTIMODAL, PENALTIES, SIMILARITIES
 from eoir.nn.checkpoint import ARCHITECTURES
 from eoir.nn.model import COMPOSITIONS
 from eoir.options import look_up_option
@@ -67,7 +67,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "synth_on_device": False,
     },
     "loss": {
-        "similarity": "ncc",  # ncc | mse | mind
+        "similarity": "ncc",  # ncc | mse | mind | mi
         "windows": [9, 5, 3],  # NCC window per level, finest first
         "sim_weight": 1.0,
         "reg_weight": 1.0,  # applied once (the reference code squares its weights)
@@ -284,7 +284,28 @@ def load_config(
         if not sep or not dot:
             raise OptionError("overrides", item, "write section.key=value (e.g. optim.lr=2e-4)")
         _merge(config, {section: {name: yaml.safe_load(value)}}, f"override {item}")
+    _check_combination(config)
     return config
+
+
+def _check_combination(config: dict[str, dict[str, Any]]) -> None:
+    """Refuse settings that would silently do nothing: a one-contrast image term (NCC, MSE) on
+    synthesised pairs applies only to pairs drawn with one contrast (``synth.same_contrast``);
+    with none drawn, ``loss.sim_weight`` would be ignored."""
+    loss = config["loss"]
+    if (
+        config["data"]["synth"]
+        and loss["sim_weight"] > 0
+        and loss["similarity"] not in MULTIMODAL
+        and config["synth"]["same_contrast"] == 0
+    ):
+        raise InputError(
+            f"loss.sim_weight = {loss['sim_weight']:g} with loss.similarity = "
+            f"{loss['similarity']} on synthesised pairs: that image term compares one contrast "
+            "and synth.same_contrast = 0 draws no pair of one contrast, so it would never apply; "
+            "set synth.same_contrast > 0, a multimodal loss.similarity (mind, mi), or "
+            "loss.sim_weight=0"
+        )
 
 
 def save_config(path: str | Path, config: dict[str, Any]) -> None:
