@@ -190,32 +190,31 @@ def total_field(
     """
     ndim, shape = fixed.ndim, tuple(fixed.shape)
     device = disp.device if disp is not None else torch.device("cpu")
+    full = None  # the fixed voxel -> moving voxel matrix through world
+    if world is not None:
+        full = torch.as_tensor(_matrix(fixed, fixed.affine, world), dtype=torch.float64)
     if disp is None:
         out = torch.zeros(1, ndim, *shape, device=device)
-        linear = None
     else:
         # the interpolation is linear, so the matrix (with the coarse grid's voxel lengths
         # converted to fixed voxels) goes onto the coarse field before it: one full-size pass
         small = tuple(disp.shape[2:])
         scale = [(n - 1) / (m - 1) if m > 1 else 1.0 for n, m in zip(shape, small, strict=True)]
         matrix = torch.diag(torch.tensor(scale, dtype=torch.float64))
-        linear = torch.eye(ndim, dtype=torch.float64)
-        if world is not None:
-            linear = torch.as_tensor(_matrix(fixed, fixed.affine, world), dtype=torch.float64)
-            linear = linear[:ndim, :ndim]
-        mapped = torch.einsum("ij,bj...->bi...", (linear @ matrix).to(device, torch.float32),
-                              disp.float())  # fmt: skip
-        if small == shape:
-            out = mapped if mapped is not disp else mapped.clone()
+        if full is not None:
+            matrix = full[:ndim, :ndim] @ matrix
+        if torch.equal(matrix, torch.eye(ndim, dtype=torch.float64)):
+            out = disp.to(torch.float32, copy=True)
         else:
+            out = torch.einsum("ij,bj...->bi...", matrix.to(device, torch.float32), disp.float())
+        if small != shape:
             mode = "trilinear" if ndim == 3 else "bilinear"
-            out = F.interpolate(mapped, size=shape, mode=mode, align_corners=True)
-    if world is None:  # A_f^-1 A_f (p + disp) - p
+            out = F.interpolate(out, size=shape, mode=mode, align_corners=True)
+    if full is None:  # A_f^-1 A_f (p + disp) - p
         return out
     # + (M - I) p + t, M and t the voxel matrix: per component a sum of one ramp per axis,
     # added by broadcasting (no grid of positions); float32 sums of small terms, as exact as
     # float64 positions less the grid (benchmarks/kernel_swaps.py)
-    full = torch.as_tensor(_matrix(fixed, fixed.affine, world), dtype=torch.float64)
     change = full[:ndim, :ndim] - torch.eye(ndim, dtype=torch.float64)
     ramps = [torch.arange(n, dtype=torch.float64) for n in shape]
     along = [[-1 if k == j else 1 for k in range(ndim - 1)] for j in range(ndim - 1)]
