@@ -22,9 +22,11 @@ native 256x256x160 scans of ``oasis-trt-20-native``), stage by stage as
 lazily: their voxels are decompressed in the first stage that touches them, normalising),
 the affine stage, sampling both images onto the working grid, the network, the field on the
 fixed grid with the affine folded in, the folding statistics of the summary line, the warped
-image and labels, and writing the three outputs::
+image and labels, and writing the three outputs; ``--stages`` times the same stages on the
+aligned pair (``oasis-trt-20``, no affine stage)::
 
     python benchmarks/register_phases.py --native
+    python benchmarks/register_phases.py --stages
 """
 
 from __future__ import annotations
@@ -84,18 +86,19 @@ def import_ab(before: str, rounds: int) -> None:
     )
 
 
-def native_phases(data: Path, repeats: int) -> None:
-    """The raw-scan path's stages on native pair 14 -> 13 (medians after a warm-up round)."""
+def stage_phases(data: Path, repeats: int, affine: bool) -> None:
+    """``eoir register``'s stages on pair 14 -> 13 of ``data`` with labels, with or without the
+    affine stage (medians after a warm-up round)."""
     images, labels = data / "imagesTr", data / "labelsTr"
     fixed_path = images / "OASISTRT_0013_0000.nii.gz"
     moving_path = images / "OASISTRT_0014_0000.nii.gz"
     labels_path = labels / "OASISTRT_0014_0000.nii.gz"
     if not all(p.is_file() for p in (fixed_path, moving_path, labels_path)):
-        print(f"skipped: the native pair 14 -> 13 is not in {data}")
+        print(f"skipped: the pair 14 -> 13 is not in {data}")
         return
     print(
         f"eoir from {Path(eoir.__file__).parent}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; native OASIS-TRT-20 14 -> 13, --affine"
+        f"{torch.get_num_threads()} threads; {data.name} 14 -> 13{', --affine' if affine else ''}"
     )
     folder = Path(tempfile.mkdtemp(prefix="eoir-phases-"))
     outputs = [folder / name for name in ("w.nii.gz", "f.nii.gz", "l.nii.gz")]
@@ -122,7 +125,7 @@ def native_phases(data: Path, repeats: int) -> None:
         moving = timed("read the moving image (header)", read_image, moving_path, "moving image")
         moving_labels = timed("read the moving labels", read_labels, labels_path, moving, "labels")
         net, settings = pipeline.configure(
-            model, pipeline.Settings(affine=True, device="cpu", progress=False)
+            model, pipeline.Settings(affine=affine, device="cpu", progress=False)
         )
         pair = timed("decompress and normalise both", pipeline.prepare, fixed, moving, settings)
         world = timed("affine stage", pipeline.align, pair, settings)
@@ -136,7 +139,8 @@ def native_phases(data: Path, repeats: int) -> None:
         warped = timed("warp the moving image", result.warped)
         warped_labels = timed("warp the labels", result.warp_labels, moving_labels)
         timed("write image, field, labels (.nii.gz)", write, result, warped, warped_labels)
-    print(f"working grid {tuple(work.fixed.shape[2:])} (cropped to the foreground)")
+    cropped = " (cropped to the foreground)" if work.box is not None else ""
+    print(f"working grid {tuple(work.fixed.shape[2:])}{cropped}")
     print("| phase | median s |")
     print("|---|---|")
     for name, values in times.items():
@@ -151,12 +155,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--import-ab", metavar="SRC", help="only time the import against SRC")
     parser.add_argument("--native", action="store_true", help="the raw-scan path (--affine)")
+    parser.add_argument("--stages", action="store_true", help="the aligned pair, stage by stage")
     args = parser.parse_args()
     if args.import_ab:
         import_ab(args.import_ab, max(args.repeats, 2))
         return
-    if args.native:
-        native_phases(args.data or Path("../shared/data/oasis-trt-20-native"), args.repeats)
+    if args.native or args.stages:
+        default = "oasis-trt-20-native" if args.native else "oasis-trt-20"
+        stage_phases(args.data or Path("../shared/data") / default, args.repeats, args.native)
         return
     args.data = args.data or Path("../shared/data/oasis-trt-20")
     images = args.data / "imagesTr"
