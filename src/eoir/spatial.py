@@ -43,6 +43,7 @@ __all__ = [
     "lps_affine",
     "pad_to_multiple",
     "resize_field",
+    "resize_scale",
     "sample",
     "sample_at_points",
     "solve_positions",
@@ -547,6 +548,15 @@ def invert(disp: torch.Tensor, iterations: int = 20, tolerance: float = 1e-3) ->
     return solve_positions(disp, grid, iterations, tolerance) - grid
 
 
+def resize_scale(shape: Sequence[int], old_shape: Sequence[int]) -> list[float]:
+    """Per-axis factor from voxels of a grid of ``old_shape`` to voxels of a grid of ``shape``
+    covering the same extent with first and last voxel centres shared (``align_corners=True``):
+    ``(new - 1) / (old - 1)``, 1 for an axis of one voxel."""
+    return [
+        (new - 1) / (old - 1) if old > 1 else 1.0 for new, old in zip(shape, old_shape, strict=True)
+    ]
+
+
 def resize_field(
     disp: torch.Tensor,
     shape: Sequence[int],
@@ -579,10 +589,7 @@ def resize_field(
     if len(shape) != ndim:
         raise ValueError(f"shape must have {ndim} entries, got {shape}")
     if magnitude_scale is None:
-        magnitude_scale = [
-            (new - 1) / (old - 1) if old > 1 else 1.0
-            for new, old in zip(shape, disp.shape[2:], strict=True)
-        ]
+        magnitude_scale = resize_scale(shape, disp.shape[2:])
     if len(magnitude_scale) != ndim:
         raise ValueError(f"magnitude_scale must have {ndim} entries, got {magnitude_scale}")
     mode = "trilinear" if ndim == 3 else "bilinear"

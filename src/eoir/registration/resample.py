@@ -15,11 +15,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from eoir.errors import InputError
 from eoir.image import Image
-from eoir.spatial import Interpolation, identity_grid, sample, transform_positions, warp
+from eoir.spatial import (
+    Interpolation,
+    identity_grid,
+    resize_field,
+    resize_scale,
+    sample,
+    transform_positions,
+    warp,
+)
 
 __all__ = ["moving_positions", "to_fixed_grid", "total_field", "warp_image"]
 
@@ -198,8 +205,7 @@ def total_field(
     else:
         # the interpolation is linear, so the matrix (with the coarse grid's voxel lengths
         # converted to fixed voxels) goes onto the coarse field before it: one full-size pass
-        small = tuple(disp.shape[2:])
-        scale = [(n - 1) / (m - 1) if m > 1 else 1.0 for n, m in zip(shape, small, strict=True)]
+        scale = resize_scale(shape, disp.shape[2:])
         matrix = torch.diag(torch.tensor(scale, dtype=torch.float64))
         if full is not None:
             matrix = full[:ndim, :ndim] @ matrix
@@ -207,9 +213,7 @@ def total_field(
             out = disp.to(torch.float32, copy=True)
         else:
             out = torch.einsum("ij,bj...->bi...", matrix.to(device, torch.float32), disp.float())
-        if small != shape:
-            mode = "trilinear" if ndim == 3 else "bilinear"
-            out = F.interpolate(out, size=shape, mode=mode, align_corners=True)
+        out = resize_field(out, shape, magnitude_scale=[1.0] * ndim)  # lengths mapped above
     if full is None:  # A_f^-1 A_f (p + disp) - p
         return out
     # + (M - I) p + t, M and t the voxel matrix: per component a sum of one ramp per axis,
