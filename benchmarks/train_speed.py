@@ -12,17 +12,26 @@ The limit is measured in the same run: a 2048x2048 matmul in float32 (and bf16 w
 median GFLOP/s. The share is ``3 x 2 x forward multiply-adds / seconds / limit`` (the backward
 pass costs about twice the forward's convolutions; warps, norms and the loss are not counted).
 
+The encoder runs channels-last on a CPU (:meth:`eoir.nn.EOIR.set_layout`, as ``eoir train``
+sets it); ``--layouts auto contiguous`` adds rows with it kept contiguous. ``--before SRC`` runs
+each case with a previous tree's ``src`` too, alternating with this one for ``--rounds`` rounds
+(the median over rounds), so that two versions are compared side by side in one run.
+
 Usage::
 
     python benchmarks/train_speed.py                       # the CPU, every case (minutes)
     python benchmarks/train_speed.py --widths 16 --sizes half --steps 4
     python benchmarks/train_speed.py --device cuda --sizes half full
+    git worktree add /tmp/before HEAD~1
+    python benchmarks/train_speed.py --widths 16 --sizes half --before /tmp/before/src --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 
@@ -37,10 +46,14 @@ from eoir.nn.complexity import count_multiply_adds
 from eoir.training.config import load_config
 from eoir.training.train import training_step
 device, width, shape = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-amp, steps = sys.argv[4] == "1", int(sys.argv[5])
+amp, steps, layout = sys.argv[4] == "1", int(sys.argv[5]), sys.argv[6]
 dev = torch.device(device)
 torch.manual_seed(0)
 model = EOIR(width=width, levels=4).to(dev).train()
+if layout == "contiguous":
+    model.channels_last = False
+if hasattr(model, "set_layout"):  # as eoir train does (trees before it: contiguous)
+    model.set_layout(dev)
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, amsgrad=True)
 loss_config = load_config("brain-mri")["loss"]
 moving, fixed = torch.rand(1, 1, *shape, device=dev), torch.rand(1, 1, *shape, device=dev)
@@ -77,8 +90,13 @@ print(json.dumps({"gflops": statistics.median(rates[1:])}))
 """
 
 
-def child(script: str, *args: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+def child(script: str, *args: str, src: str | None = None) -> dict:
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env
+    )
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -90,6 +108,9 @@ def main() -> None:
     parser.add_argument("--widths", nargs="+", type=int, default=[8, 16, 32])
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["quarter", "half"])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--layouts", nargs="+", choices=["auto", "contiguous"], default=["auto"])
+    parser.add_argument("--before", help="a previous tree's src, run side by side")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
 
     import torch
@@ -102,24 +123,39 @@ def main() -> None:
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"bf16 native: {native}; matmul limit "
           + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in limits.items()))  # fmt: skip
-    print("| size | width | precision | s / step | peak GB | G multiply-adds | share of limit |")
-    print("|---|---|---|---|---|---|---|")
+    print("| size | width | precision | code | s / step | peak GB | G multiply-adds "
+          "| share of limit |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    codes = [(f"this tree, {layout}", None, layout) for layout in args.layouts]
+    if args.before:
+        codes.insert(0, ("before", args.before, "auto"))
     for size in args.sizes:
         shape = SIZES[size]
         for width in args.widths:
             for precision in precisions:
                 amp = "1" if precision == "bfloat16" else "0"
-                row = child(CHILD, args.device, str(width), json.dumps(shape), amp, str(args.steps))
                 name = f"{size} {'x'.join(map(str, shape))}"
-                if "error" in row:
-                    print(f"| {name} | {width} | {precision} | {row['error']} | | | |")
-                    continue
-                share = 3 * 2 * row["macs"] / row["seconds"] / (limits[precision] * 1e9)
-                print(
-                    f"| {name} | {width} | {precision} | {row['seconds']:.2f} | "
-                    f"{row['peak_gb']:.2f} | {row['macs'] / 1e9:.1f} | {100 * share:.0f} % |",
-                    flush=True,
-                )
+                runs: dict[str, list[dict]] = {code: [] for code, _, _ in codes}
+                for _ in range(args.rounds):  # the codes alternate within each round
+                    for code, src, layout in codes:
+                        runs[code].append(child(
+                            CHILD, args.device, str(width), json.dumps(shape), amp,
+                            str(args.steps), layout, src=src,
+                        ))  # fmt: skip
+                for code, rows in runs.items():
+                    failed = [row["error"] for row in rows if "error" in row]
+                    if failed:
+                        print(f"| {name} | {width} | {precision} | {code} | {failed[0]} | | | |")
+                        continue
+                    seconds = statistics.median(row["seconds"] for row in rows)
+                    peak = max(row["peak_gb"] for row in rows)
+                    macs = rows[0]["macs"]
+                    share = 3 * 2 * macs / seconds / (limits[precision] * 1e9)
+                    print(
+                        f"| {name} | {width} | {precision} | {code} | {seconds:.2f} | "
+                        f"{peak:.2f} | {macs / 1e9:.1f} | {100 * share:.0f} % |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

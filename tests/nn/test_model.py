@@ -215,6 +215,80 @@ def test_blocked_cpu_instance_norm_equals_the_module(monkeypatch, ndim, channels
     assert (fast - reference.detach()).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_training_norm_equals_the_module_with_gradients(monkeypatch, ndim, channels_last):
+    import eoir.nn._training
+    from eoir.nn._training import instance_norm_prelu
+
+    monkeypatch.setattr(eoir.nn._training, "_BLOCK", 40)  # many blocks on a small map
+    torch.manual_seed(4)
+    layout = torch.channels_last_3d if ndim == 3 else torch.channels_last
+    x = 3.0 + 2.0 * torch.randn(2, 5, *(11, 9, 7)[:ndim], dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=layout)
+    slope = torch.tensor([0.3], dtype=torch.float64)
+    upstream = torch.randn(x.shape, dtype=torch.float64)
+    outputs, grads = [], []
+    for fused in (True, False):
+        xi, si = x.clone().requires_grad_(), slope.clone().requires_grad_()
+        if fused:
+            y = instance_norm_prelu(xi, si, 1e-5)
+        else:
+            y = torch.nn.functional.prelu(torch.nn.functional.instance_norm(xi, eps=1e-5), si)
+        (y * upstream).sum().backward()
+        outputs.append(y.detach())
+        grads.append((xi.grad, si.grad))
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-10, rtol=1e-10)
+    assert outputs[0].is_contiguous(memory_format=layout) == channels_last
+    small = x[:, :2, :4, :3].clone().requires_grad_()  # and numerically, through both inputs
+    assert torch.autograd.gradcheck(
+        lambda a, b: instance_norm_prelu(a, b, 1e-5), (small, slope.clone().requires_grad_())
+    )
+
+
+def test_training_blocks_use_the_fused_norm_and_keep_channels_last():
+    torch.manual_seed(7)
+    block = ConvNormAct(3, 2, 4).train().to(memory_format=torch.channels_last_3d)
+    x = torch.rand(2, 2, 10, 9, 8).contiguous(memory_format=torch.channels_last_3d)
+    y = block(x)
+    assert y.grad_fn is not None and "InstanceNormPReLU" in type(y.grad_fn).__name__
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)  # no copy back to contiguous
+    reference = torch.nn.Sequential.forward(block, x)
+    assert (y - reference).abs().max() < 1e-5
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps the module path
+        low = block(x)
+    assert "InstanceNormPReLU" not in type(low.grad_fn).__name__
+
+
+def test_training_in_channels_last_gives_the_same_loss_and_gradients():
+    from eoir.losses import multilevel_loss
+
+    torch.manual_seed(8)
+    moving, fixed = torch.rand(1, 1, 16, 12, 16), torch.rand(1, 1, 16, 12, 16)
+    results = []
+    for last in (False, True):
+        torch.manual_seed(9)
+        model = EOIR(width=4, levels=3).train()
+        model.channels_last = last
+        model.set_layout("cpu")
+        output = model(moving, fixed, levels=True)
+        loss, _ = multilevel_loss(output.fields, output.residuals, moving, fixed)
+        loss.backward()
+        weight = model.encoder[1][0].weight
+        assert weight.is_contiguous(memory_format=torch.channels_last_3d) == last
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+        with torch.no_grad():  # an eval pass leaves the training layout as it was
+            model.eval()(moving, fixed)
+        weight = model.encoder[1][0].weight
+        assert weight.is_contiguous(memory_format=torch.channels_last_3d) == last
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-5)
+    for plain, last in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(last, plain, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_inference_norms_equal_the_module_in_any_precision(dtype):
     # the CPU (blocked) and GPU (whole-map) in-place norms, run here on CPU tensors

@@ -13,6 +13,7 @@ from eoir.nn._inference import (
     _instance_norm_act_,
     _instance_norm_prelu,
 )
+from eoir.nn._training import instance_norm_prelu, uses_fused_norm
 
 __all__ = ["ConvNormAct", "FlowEstimator", "LargeKernelBlock", "SharedEncoder"]
 
@@ -32,16 +33,21 @@ class ConvNormAct(nn.Sequential):
 
     Without autograd (inference) the norm (and on a CPU the activation) runs in place on the
     convolution's output, so the block holds its input and one output and no more (the
-    encoder's widest maps dominate peak memory at full resolution).
+    encoder's widest maps dominate peak memory at full resolution). With autograd on a CPU the
+    norm and activation are one function that keeps the map's layout
+    (:func:`eoir.nn._training.instance_norm_prelu`).
     """
 
     def __init__(self, ndim: int, cin: int, cout: int) -> None:
         super().__init__(_conv(ndim, cin, cout, 3), _norm(ndim, cout), nn.PReLU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or torch.is_grad_enabled():
-            return super().forward(x)
         conv, norm, act = self
+        if self.training or torch.is_grad_enabled():
+            x = conv(x)
+            if torch.is_grad_enabled() and uses_fused_norm(x, act.weight):
+                return instance_norm_prelu(x, act.weight, norm.eps)
+            return act(norm(x))
         x = conv(x)
         if x.is_meta:
             return act(norm(x))

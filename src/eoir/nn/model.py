@@ -246,22 +246,46 @@ class EOIR(RegistrationNetwork):
         depth = self.levels - 1 + self.finest_level
         return tuple(f**depth for f in self.factors)
 
-    def _inference_layout(self, image: torch.Tensor) -> torch.Tensor:
-        """Channels-last for 3-D convolutions on a CPU: oneDNN then works on the tensors as they
-        are instead of reordering copies (less memory and faster on a CPU, slower on a GPU, as
-        measured in ``benchmarks/results.md``). ``self.channels_last`` overrides."""
+    def _channels_last(self, device: torch.device) -> bool:
+        """Whether the encoder runs channels-last on ``device``: 3-D on a CPU, where oneDNN then
+        works on the maps as they are instead of reordering copies (less memory and faster in
+        inference and training on a CPU, slower on a GPU, as measured in
+        ``benchmarks/results.md``). ``self.channels_last`` overrides."""
         wanted = self.channels_last
         if wanted is None:
-            wanted = image.device.type == "cpu"
-        if self.ndim != 3 or not wanted:
-            return image
+            wanted = device.type == "cpu"
+        return self.ndim == 3 and bool(wanted)
+
+    def set_layout(self, device: torch.device | str) -> None:
+        """Put the encoder's weights in the memory layout it runs fastest in on ``device``
+        (channels-last 3-D on a CPU, see :meth:`_channels_last`); the values are unchanged.
+
+        Training calls it once before its first step (before a DistributedDataParallel wrapper
+        is made); the inference path calls it itself.
+        """
+        last = self._channels_last(torch.device(device))
+        layout = torch.channels_last_3d if last else torch.contiguous_format
         weight = self.encoder[-1][0].weight  # (the first layer's, with 1 input channel, is both)
-        if not weight.is_contiguous(memory_format=torch.channels_last_3d):
-            # the weights too, once; made outside inference mode so that they stay usable by
-            # autograd later (fine-tuning, training)
+        if not weight.is_contiguous(memory_format=layout):
+            # made outside inference mode so that the weights stay usable by autograd later
+            # (fine-tuning, training)
             with torch.inference_mode(False), torch.no_grad():
-                self.encoder.to(memory_format=torch.channels_last_3d)
+                self.encoder.to(memory_format=layout)
+
+    def _inference_layout(self, image: torch.Tensor) -> torch.Tensor:
+        """``image`` (and, once, the encoder's weights) in the encoder's layout on its device."""
+        if not self._channels_last(image.device):
+            return image
+        self.set_layout(image.device)
         return image.contiguous(memory_format=torch.channels_last_3d)
+
+    def _training_layout(self, pair: torch.Tensor) -> torch.Tensor:
+        """``pair`` in the layout of the encoder's weights as they are (:meth:`set_layout`
+        chooses it; a training step never changes the weights' layout itself)."""
+        weight = self.encoder[-1][0].weight
+        if self.ndim == 3 and weight.is_contiguous(memory_format=torch.channels_last_3d):
+            return pair.contiguous(memory_format=torch.channels_last_3d)
+        return pair
 
     def _downsample(self, x: torch.Tensor) -> torch.Tensor:
         size = [n // f for n, f in zip(x.shape[2:], self.factors, strict=True)]
@@ -277,6 +301,7 @@ class EOIR(RegistrationNetwork):
         recompute = self.training and self.activation_checkpointing and torch.is_grad_enabled()
         if self.training:
             pair, shape = pad_to_multiple(torch.cat([moving, fixed], dim=0), self.size_multiple)
+            pair = self._training_layout(pair)
             if recompute:
                 for layer in self.encoder:
                     pair = checkpoint(layer, pair, use_reentrant=False)

@@ -230,14 +230,11 @@ def training_step(
 def validation_score(model: torch.nn.Module, data: PairDataset, device: torch.device) -> float:
     """Mean validation score: Dice (Learn2Reg labels) when label maps exist, else NCC.
 
-    The model's weights are left exactly as they were: the eval passes keep the training
-    memory layout (EOIR's inference path would otherwise make its CPU weights channels-last,
-    and the following training steps would round differently from a resumed run's).
+    The model's weights are left exactly as they were, memory layout included: EOIR's eval
+    passes use the layout training put them in (:meth:`eoir.nn.EOIR.set_layout`), so the
+    following steps round as a resumed run's do.
     """
     scores = []
-    layout = getattr(model, "channels_last", None)
-    if hasattr(model, "channels_last"):
-        model.channels_last = False
     model.eval()
     try:
         with torch.no_grad():
@@ -254,8 +251,6 @@ def validation_score(model: torch.nn.Module, data: PairDataset, device: torch.de
                     scores.append(1.0 - float(ncc_loss(warp(moving, disp), fixed)))
     finally:
         model.train()
-        if hasattr(model, "channels_last"):
-            model.channels_last = layout
     return float(np.nanmean(scores)) if scores else float("nan")
 
 
@@ -427,6 +422,8 @@ def _run(
     """The training loop of :func:`train` once the run is checked and its folder written."""
     dc, lc, oc, tc = (config[k] for k in ("data", "loss", "optim", "train"))
     model.activation_checkpointing = bool(tc["checkpointing"])
+    if hasattr(model, "set_layout"):
+        model.set_layout(dev)  # channels-last on a CPU, before the optimiser and any wrapper
     optimizer = torch.optim.Adam(
         model.parameters(), lr=float(oc["lr"]), amsgrad=True, weight_decay=float(oc["weight_decay"])
     )
