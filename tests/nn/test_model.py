@@ -243,6 +243,9 @@ def test_fused_training_norm_equals_the_module_with_gradients(monkeypatch, ndim,
     torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-10, rtol=1e-10)
     assert outputs[0].is_contiguous(memory_format=layout) == channels_last
+    strided = x.detach()[:, :, ::2]  # neither contiguous nor channels-last: taken as a copy
+    reference = torch.nn.functional.prelu(torch.nn.functional.instance_norm(strided), slope)
+    torch.testing.assert_close(instance_norm_prelu(strided, slope), reference)
     small = x[:, :2, :4, :3].clone().requires_grad_()  # and numerically, through both inputs
     assert torch.autograd.gradcheck(
         lambda a, b: instance_norm_prelu(a, b, 1e-5), (small, slope.clone().requires_grad_())

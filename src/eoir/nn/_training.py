@@ -41,11 +41,9 @@ def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
     """``x`` itself if contiguous or channels-last, else a contiguous copy."""
-    return x if _rows_view_ok(x) else x.contiguous()
-
-
-def _rows_view_ok(x: torch.Tensor) -> bool:
-    return x.is_contiguous() or x.permute(0, *range(2, x.dim()), 1).is_contiguous()
+    if x.is_contiguous() or x.permute(0, *range(2, x.dim()), 1).is_contiguous():
+        return x
+    return x.contiguous()
 
 
 class _InstanceNormPReLU(torch.autograd.Function):
