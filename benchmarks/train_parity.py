@@ -1,0 +1,82 @@
+"""Does a change to the training code train as well? A recipe run with two trees, side by side.
+
+Runs ``eoir train --recipe RECIPE`` on the shared OASIS-TRT-20 set (its own schedule, seed and
+validation) with this tree and with a previous tree's ``src`` (``--before``), one after the
+other, and prints each run's validation Dice at every validation step, its best, and the seconds
+to its last step, validation passes included (from the run's ``metrics.csv``). Same seed and data order in both: a change
+that only reorders float arithmetic gives curves within noise of each other.
+
+Usage::
+
+    git worktree add /tmp/before c2f4060
+    python benchmarks/train_parity.py --before /tmp/before/src            # cpu-brain, ~16 min
+    python benchmarks/train_parity.py --before /tmp/before/src --recipe cpu-brain --steps 200
+
+Skips with a reason when the shared data is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "oasis-trt-20"
+
+
+def one_run(recipe: str, steps: int | None, src: str | None, out: Path) -> list[dict[str, str]]:
+    """The rows of ``metrics.csv`` of one ``eoir train`` run with ``src`` first on the path."""
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    command = [
+        sys.executable, "-m", "eoir", "train", "--recipe", recipe,
+        "--dataset", str(DATA / "dataset.json"), "--out", str(out), "--device", "cpu",
+        "--overwrite",
+    ]  # fmt: skip
+    if steps:
+        command += ["--max-steps", str(steps)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"eoir train failed: {(done.stderr or done.stdout).strip()[-400:]}")
+    with open(out / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", required=True, help="a previous tree's src")
+    parser.add_argument("--recipe", default="cpu-brain")
+    parser.add_argument("--steps", type=int, help="stop after this many steps (the recipe's)")
+    args = parser.parse_args()
+    if not (DATA / "dataset.json").exists():
+        print(f"skipped: {DATA} is absent (the shared OASIS-TRT-20 set)")
+        return
+    import torch
+
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for code, src in (("before", args.before), ("this tree", None)):
+            runs[code] = one_run(args.recipe, args.steps, src, Path(tmp) / code.replace(" ", "-"))
+    print(f"eoir train --recipe {args.recipe} on OASIS-TRT-20 (validation: its 6 pairs' Dice); "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
+    steps = sorted({int(r["step"]) for rows in runs.values() for r in rows if r.get("val")})
+    print(
+        "| code | "
+        + " | ".join(f"step {s}" for s in steps)
+        + " | best | seconds to the last step |"
+    )
+    print("|---|" + "---|" * (len(steps) + 2))
+    for code, rows in runs.items():
+        val = {int(r["step"]): float(r["val"]) for r in rows if r.get("val")}
+        cells = [f"{val[s]:.4f}" if s in val else "" for s in steps]
+        seconds = max(float(r["seconds"]) for r in rows if r.get("seconds"))
+        print(f"| {code} | " + " | ".join(cells) + f" | {max(val.values()):.4f} | {seconds:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
