@@ -24,6 +24,7 @@ Usage::
     python benchmarks/train_speed.py --device cuda --sizes half full
     git worktree add /tmp/before HEAD~1
     python benchmarks/train_speed.py --widths 16 --sizes half --before /tmp/before/src --rounds 3
+    python benchmarks/train_speed.py --widths 16 --sizes half --steps 2 --profile
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from eoir.training.config import load_config
 from eoir.training.train import training_step
 device, width, shape = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 amp, steps, layout = sys.argv[4] == "1", int(sys.argv[5]), sys.argv[6]
+profile = len(sys.argv) > 7 and sys.argv[7] == "1"
 dev = torch.device(device)
 torch.manual_seed(0)
 model = EOIR(width=width, levels=4).to(dev).train()
@@ -70,7 +72,13 @@ if dev.type == "cuda":
     peak = torch.cuda.max_memory_allocated(dev) / 2**30
 else:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-print(json.dumps({"seconds": statistics.median(times[1:] or times), "peak_gb": peak,
+top = ""
+if profile:  # one more step under torch.profiler: the operators that took longest
+    from torch.profiler import ProfilerActivity, profile as profiler
+    with profiler(activities=[ProfilerActivity.CPU]) as prof:
+        training_step(model, optimizer, moving, fixed, loss_config, amp, **labels)
+    top = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+print(json.dumps({"seconds": statistics.median(times[1:] or times), "peak_gb": peak, "top": top,
                   "macs": count_multiply_adds(EOIR(width=width, levels=4), shape)}))
 """
 
@@ -111,6 +119,11 @@ def main() -> None:
     parser.add_argument("--layouts", nargs="+", choices=["auto", "contiguous"], default=["auto"])
     parser.add_argument("--before", help="a previous tree's src, run side by side")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print the operators that took longest in one more step (CPU)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -127,6 +140,7 @@ def main() -> None:
           "| share of limit |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     codes = [(f"this tree, {layout}", None, layout) for layout in args.layouts]
+    profiles: list[str] = []
     if args.before:
         codes.insert(0, ("before", args.before, "auto"))
     for size in args.sizes:
@@ -140,7 +154,7 @@ def main() -> None:
                     for code, src, layout in codes:
                         runs[code].append(child(
                             CHILD, args.device, str(width), json.dumps(shape), amp,
-                            str(args.steps), layout, src=src,
+                            str(args.steps), layout, "1" if args.profile else "0", src=src,
                         ))  # fmt: skip
                 for code, rows in runs.items():
                     failed = [row["error"] for row in rows if "error" in row]
@@ -156,6 +170,11 @@ def main() -> None:
                         f"{peak:.2f} | {macs / 1e9:.1f} | {100 * share:.0f} % |",
                         flush=True,
                     )
+                    if rows[-1].get("top"):
+                        profiles.append(f"{name}, width {width}, {precision}, {code}:\n"
+                                        + rows[-1]["top"])  # fmt: skip
+    for text in profiles:
+        print("\n" + text)
 
 
 if __name__ == "__main__":
