@@ -3,8 +3,9 @@
 Runs ``eoir train --recipe RECIPE`` on the shared OASIS-TRT-20 set (its own schedule, seed and
 validation) with this tree and with a previous tree's ``src`` (``--before``), one after the
 other, and prints each run's validation Dice at every validation step, its best, and the seconds
-to its last step, validation passes included (from the run's ``metrics.csv``). Same seed and data order in both: a change
-that only reorders float arithmetic gives curves within noise of each other.
+to its last step, validation passes included (from the run's ``metrics.csv``). Same seed and
+data order in both: a change that only reorders float arithmetic gives curves within noise of
+each other.
 
 Usage::
 
