@@ -19,33 +19,13 @@ Skips with a reason when the shared data is absent.
 from __future__ import annotations
 
 import argparse
-import csv
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "oasis-trt-20"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def one_run(recipe: str, steps: int | None, src: str | None, out: Path) -> list[dict[str, str]]:
-    """The rows of ``metrics.csv`` of one ``eoir train`` run with ``src`` first on the path."""
-    env = dict(os.environ)
-    if src:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    command = [
-        sys.executable, "-m", "eoir", "train", "--recipe", recipe,
-        "--dataset", str(DATA / "dataset.json"), "--out", str(out), "--device", "cpu",
-        "--overwrite",
-    ]  # fmt: skip
-    if steps:
-        command += ["--max-steps", str(steps)]
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"eoir train failed: {(done.stderr or done.stdout).strip()[-400:]}")
-    with open(out / "metrics.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
+from train_recipe_speed import DATA, train_rows  # the same command, from this folder
 
 
 def main() -> None:
@@ -62,7 +42,9 @@ def main() -> None:
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for code, src in (("before", args.before), ("this tree", None)):
-            runs[code] = one_run(args.recipe, args.steps, src, Path(tmp) / code.replace(" ", "-"))
+            options = ["--max-steps", str(args.steps)] if args.steps else []
+            out = Path(tmp) / code.replace(" ", "-")
+            runs[code] = train_rows(args.recipe, src, out, *options)
     print(f"eoir train --recipe {args.recipe} on OASIS-TRT-20 (validation: its 6 pairs' Dice); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
     steps = sorted({int(r["step"]) for rows in runs.values() for r in rows if r.get("val")})

@@ -31,24 +31,31 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "oasis-trt-20"
 
 
-def one_run(steps: int, recipe: str, src: str | None, folder: Path) -> tuple[float, float]:
-    """Seconds per step and the fraction spent waiting for data, of one ``eoir train`` run."""
+def train_rows(recipe: str, src: str | None, out: Path, *options: str) -> list[dict[str, str]]:
+    """The rows of ``metrics.csv`` of one ``eoir train --recipe recipe`` run on the shared OASIS
+    set into ``out``, with ``src`` (a tree's ``src``) first on the path and ``options`` added."""
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    out = folder / "run"
     command = [
         sys.executable, "-m", "eoir", "train", "--recipe", recipe,
         "--dataset", str(DATA / "dataset.json"), "--out", str(out), "--device", "cpu",
-        "--max-steps", str(steps), "--overwrite",
-        "--set", "train.log_every=1", "--set", "train.val_every=100000",
-        "--set", "train.save_every=100000",
+        "--overwrite", *options,
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"eoir train failed: {(done.stderr or done.stdout).strip()[-400:]}")
     with open(out / "metrics.csv", newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r.get("seconds")]
+        return list(csv.DictReader(handle))
+
+
+def one_run(steps: int, recipe: str, src: str | None, folder: Path) -> tuple[float, float]:
+    """Seconds per step and the fraction spent waiting for data, of one ``eoir train`` run."""
+    options = [
+        "--max-steps", str(steps), "--set", "train.log_every=1",
+        "--set", "train.val_every=100000", "--set", "train.save_every=100000",
+    ]  # fmt: skip
+    rows = [r for r in train_rows(recipe, src, folder / "run", *options) if r.get("seconds")]
     first, last = rows[1], rows[-1]
     span = float(last["seconds"]) - float(first["seconds"])
     per_step = span / (int(last["step"]) - int(first["step"]))

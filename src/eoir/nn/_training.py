@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from eoir.nn._inference import _cpu_autocast
+
 __all__ = ["instance_norm_prelu", "uses_fused_norm"]
 
 _BLOCK = 1 << 18  # elements per block (1 MiB of float32: stays in a core's cache)
@@ -22,11 +24,7 @@ def uses_fused_norm(x: torch.Tensor, slope: torch.Tensor) -> bool:
     """Whether :func:`instance_norm_prelu` takes ``x`` (a CPU float map, no autocast, one slope)."""
     if x.device.type != "cpu" or x.is_meta or x.dtype not in (torch.float32, torch.float64):
         return False
-    try:
-        autocast = torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        autocast = torch.is_autocast_cpu_enabled()
-    return not autocast and slope.numel() == 1 and x.dim() >= 3
+    return not _cpu_autocast() and slope.numel() == 1 and x.dim() >= 3
 
 
 def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -43,12 +43,11 @@ class ConvNormAct(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, norm, act = self
+        x = conv(x)
         if self.training or torch.is_grad_enabled():
-            x = conv(x)
             if torch.is_grad_enabled() and uses_fused_norm(x, act.weight):
                 return instance_norm_prelu(x, act.weight, norm.eps)
             return act(norm(x))
-        x = conv(x)
         if x.is_meta:
             return act(norm(x))
         if x.device.type == "cpu":

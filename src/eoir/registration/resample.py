@@ -210,7 +210,8 @@ def total_field(
         if full is not None:
             matrix = full[:ndim, :ndim] @ matrix
         if torch.equal(matrix, torch.eye(ndim, dtype=torch.float64)):
-            out = disp.to(torch.float32, copy=True)
+            # a copy only where nothing below makes one (the ramps are added in place)
+            out = disp.to(torch.float32, copy=tuple(disp.shape[2:]) == shape)
         else:
             out = torch.einsum("ij,bj...->bi...", matrix.to(device, torch.float32), disp.float())
         out = resize_field(out, shape, magnitude_scale=[1.0] * ndim)  # lengths mapped above
