@@ -152,6 +152,77 @@ def test_kill_and_resume_gives_the_same_weights(dataset, tmp_path):
         assert torch.equal(tensor, best_b["model"][name]), name
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_sigterm_to_the_group_or_a_dead_worker_ends_with_one_line(dataset, tmp_path):
+    """A scheduler's SIGTERM to the whole process group (DataLoader workers included): exit 143,
+    one line, the last checkpoint intact and ``--resume`` going on from it; a worker killed alone
+    (as by the kernel when memory runs out): exit 2, one line naming the checkpoint."""
+    overrides = [*TINY, "data.workers=2", "train.save_every=2", "train.val_every=1000"]
+
+    def start(out: Path) -> subprocess.Popen:
+        args = ["train", "--dataset", dataset, "--out", out, "--recipe", "cpu-brain",
+                "--max-steps", 100_000, *[a for o in overrides for a in ("--set", o)]]  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-m", "eoir", *map(str, args)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a group of its own, as under a scheduler
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "last.pt").exists():
+            time.sleep(0.05)
+        time.sleep(0.5)  # stepping, with its workers drawing the next pairs
+        return process
+
+    group = tmp_path / "group"
+    process = start(group)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert stderr.strip().count("\n") == 0 and "terminated" in stderr, stderr
+    step = read_checkpoint(group / "last.pt")["step"]
+    assert step >= 2
+    resumed = run("train", "--dataset", dataset, "--out", group, "--recipe", "cpu-brain",
+                  "--max-steps", step + 2, "--resume")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_checkpoint(group / "last.pt")["step"] == step + 2
+
+    alone = tmp_path / "alone"
+    process = start(alone)
+    os.kill(_children(process.pid)[0], signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2, stderr
+    assert stderr.strip().count("\n") == 0, stderr
+    assert "killed by signal" in stderr and str(alone / "last.pt") in stderr, stderr
+    deadline = time.time() + 30  # and the other worker is not left behind
+    while time.time() < deadline and _group_alive(process.pid):
+        time.sleep(0.1)
+    assert not _group_alive(process.pid)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux ``/proc``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _group_alive(group: int) -> bool:
+    """Whether any process of the process group is left."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_two_processes_with_gloo(dataset, tmp_path):
     out = tmp_path / "ddp"
     result = run(

@@ -18,6 +18,7 @@ import csv
 import math
 import random
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from eoir.errors import InputError
+from eoir.errors import InputError, reason
 from eoir.io import image_frame, load_dataset
 from eoir.losses import MULTIMODAL, multilevel_loss, ncc_loss, one_hot
 from eoir.metrics import mean_dice
@@ -416,6 +417,36 @@ def _worker_error(err: Exception) -> InputError | None:
     return None
 
 
+def _worker_signals(worker: int) -> None:
+    """A DataLoader worker's start: SIGTERM ends it quietly, as Ctrl-C does.
+
+    A scheduler (SLURM, a job's ``kill``) sends SIGTERM to the whole process group. The
+    training process turns it into one line and exit code 143 (the checkpoint last written
+    stays the one to ``--resume`` from); a worker killed by the signal itself would make torch
+    report a failed worker (a traceback) on the way out. The worker loop ends cleanly on
+    ``KeyboardInterrupt``, so SIGTERM raises that in the worker.
+    """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def _worker_died(err: RuntimeError, out: Path) -> InputError | None:
+    """One line for a DataLoader worker that died under the training process (killed alone,
+    or by the kernel when memory runs out), from torch's RuntimeError; None for any other."""
+    text = str(err)
+    if "DataLoader worker" not in text or not ("killed by signal" in text or "exited" in text):
+        return None
+    last = out / "last.pt"
+    kept = (
+        f"{last} keeps step {read_checkpoint(last)['step']}: --resume continues"
+        if last.is_file()
+        else "no checkpoint was written yet"
+    )
+    return InputError(
+        f"{reason(err).rstrip('. ')} (out of memory? fewer data.workers, or "
+        f"data.cache=false); {kept}"
+    )
+
+
 def _run(
     out, config, spec, model, pairs, state, dev, rank, world, echo, progress
 ) -> dict[str, Any]:
@@ -480,6 +511,7 @@ def _run(
         num_workers=workers,
         persistent_workers=False,
         prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=_worker_signals if workers > 0 else None,
     )
     val_list = spec.val[: int(tc["val_pairs"])] if int(tc["val_pairs"]) else spec.val
     subjects = [s for pair in val_list for s in pair]
@@ -563,6 +595,11 @@ def _run(
                 dist.barrier()
     except InputError as err:
         raise (_worker_error(err) or err) from None
+    except RuntimeError as err:
+        died = _worker_died(err, out)
+        if died is None:
+            raise
+        raise died from None
     finally:
         log.close()
     finish_distributed()
