@@ -16,17 +16,25 @@
   smooth 256x256x160 field with some folding: seconds, folded voxels, SDlogJ;
 - the affine stage's image pyramid of a Fortran-ordered float32 256x256x160 volume (1 mm): a
   C-ordered copy first against averaging the transposed view (``_pyramid``): seconds and the
-  largest difference.
+  largest difference;
+- the Dice term's label maps at 104x96x80 (the synth-brain recipe's 41 brain labels): the
+  one-hot encoding written as float32 against torch's int64 one-hot and a float copy; the
+  training loss's Gaussian pyramid (:func:`eoir.losses.filters.pyramid`) of the one-hot maps
+  (channels-last as the training loop makes them, and contiguous) and of an image: a grouped
+  convolution per axis then ``F.interpolate`` against one matrix product per axis (blur and
+  resampling folded): seconds and the largest difference.
 
 Medians of 5 runs after a warm-up.
 
 Usage::
 
     python benchmarks/kernel_swaps.py
+    python benchmarks/kernel_swaps.py --only loss_pyramid
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -34,6 +42,8 @@ import numpy as np
 import torch
 
 from eoir.image import Image
+from eoir.losses import one_hot
+from eoir.losses.filters import gaussian_blur, pyramid
 from eoir.metrics import jacobian_stats
 from eoir.registration.affine import _pyramid
 from eoir.registration.preprocess import percentiles
@@ -57,8 +67,61 @@ def _float64_total_field(fixed: Image, disp: torch.Tensor, world: np.ndarray) ->
     return (positions - identity_grid(fixed.shape, disp.device, torch.float64)).float()
 
 
+def _convolved_pyramid(x: torch.Tensor, shapes) -> list[torch.Tensor]:
+    """The loss pyramid as it was before 2026-11-30's third session: a grouped convolution per
+    axis that shrinks, then ``F.interpolate``."""
+    levels = [x]
+    for shape in shapes[1:]:
+        prev = levels[-1]
+        axes = [k for k, (a, b) in enumerate(zip(prev.shape[2:], shape, strict=True)) if b < a]
+        blurred = gaussian_blur(prev, axes=axes)
+        levels.append(
+            torch.nn.functional.interpolate(
+                blurred, size=tuple(shape), mode="trilinear", align_corners=True
+            )
+        )
+    return levels
+
+
+def _int64_one_hot(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """``one_hot`` as it was before 2026-11-30's third session: torch's int64 one-hot of every
+    voxel, then a float32 copy (channels-last, as now)."""
+    return torch.nn.functional.one_hot(labels[:, 0], k).movedim(-1, 1).float()
+
+
+def loss_pyramid() -> None:
+    shapes = [(104, 96, 80), (52, 48, 40), (26, 24, 20), (13, 12, 10)]
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 41, (1, 1, *shapes[0]), generator=generator)
+    old = _time(lambda: _int64_one_hot(labels, 41))
+    new = _time(lambda: one_hot(labels, 41))
+    same = torch.equal(_int64_one_hot(labels, 41), one_hot(labels, 41))
+    print(f"one-hot of 41 labels at 104x96x80: int64 then float {old:.3f} s, written as float "
+          f"{new:.3f} s, equal {same}")  # fmt: skip
+    encoded = one_hot(labels, 41)  # channels-last, as the training loop makes it
+    image = torch.rand(1, 1, *shapes[0], generator=generator)
+    cases = (("41-channel one-hot labels (channels-last)", encoded),
+             ("41-channel one-hot labels (contiguous)", encoded.contiguous()),
+             ("an image", image))  # fmt: skip
+    for name, x in cases:
+        old = _time(lambda x=x: _convolved_pyramid(x, shapes))
+        new = _time(lambda x=x: pyramid(x, shapes))
+        difference = max(
+            float((a - b).abs().max())
+            for a, b in zip(_convolved_pyramid(x, shapes), pyramid(x, shapes), strict=True)
+        )
+        print(f"loss pyramid of {name} at 104x96x80: convolutions {old:.3f} s, matrices "
+              f"{new:.3f} s, largest difference {difference:.1e}")  # fmt: skip
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["loss_pyramid"], help="run this swap alone")
+    args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.only == "loss_pyramid":
+        loss_pyramid()
+        return
     shape = (256, 256, 160)
     fixed = Image(np.zeros(shape, np.float32), np.eye(4))
     disp = torch.randn(1, 3, *shape, generator=torch.Generator().manual_seed(0))
@@ -116,6 +179,7 @@ def main() -> None:
     print(f"affine pyramid of a Fortran-ordered 256x256x160 volume: C-ordered copy first "
           f"{copied:.3f} s, the transposed view averaged {pooled:.3f} s, largest difference "
           f"{difference:.1e}")  # fmt: skip
+    loss_pyramid()
 
 
 if __name__ == "__main__":

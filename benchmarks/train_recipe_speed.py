@@ -13,6 +13,10 @@ rounds (median over rounds), so that two versions are compared side by side in o
     git worktree add /tmp/before HEAD~1
     python benchmarks/train_recipe_speed.py --steps 6 --before /tmp/before/src --rounds 2
 
+``--recipe synth-brain --dataset ../shared/data/synthseg-label-maps`` times the any-MRI recipe
+(pairs synthesised from label maps in the workers, Dice of 41 brain labels); ``--set KEY=VALUE``
+passes config overrides.
+
 Skips with a reason when the shared data is absent.
 """
 
@@ -31,15 +35,18 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "oasis-trt-20"
 
 
-def train_rows(recipe: str, src: str | None, out: Path, *options: str) -> list[dict[str, str]]:
-    """The rows of ``metrics.csv`` of one ``eoir train --recipe recipe`` run on the shared OASIS
-    set into ``out``, with ``src`` (a tree's ``src``) first on the path and ``options`` added."""
+def train_rows(
+    recipe: str, src: str | None, out: Path, *options: str, dataset: Path | None = None
+) -> list[dict[str, str]]:
+    """The rows of ``metrics.csv`` of one ``eoir train --recipe recipe`` run on ``dataset``
+    (default: the shared OASIS set) into ``out``, with ``src`` (a tree's ``src``) first on the
+    path and ``options`` added."""
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     command = [
         sys.executable, "-m", "eoir", "train", "--recipe", recipe,
-        "--dataset", str(DATA / "dataset.json"), "--out", str(out), "--device", "cpu",
+        "--dataset", str(dataset or DATA / "dataset.json"), "--out", str(out), "--device", "cpu",
         "--overwrite", *options,
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -49,13 +56,17 @@ def train_rows(recipe: str, src: str | None, out: Path, *options: str) -> list[d
         return list(csv.DictReader(handle))
 
 
-def one_run(steps: int, recipe: str, src: str | None, folder: Path) -> tuple[float, float]:
+def one_run(
+    steps: int, recipe: str, src: str | None, folder: Path, dataset: Path, sets: list[str]
+) -> tuple[float, float]:
     """Seconds per step and the fraction spent waiting for data, of one ``eoir train`` run."""
     options = [
         "--max-steps", str(steps), "--set", "train.log_every=1",
         "--set", "train.val_every=100000", "--set", "train.save_every=100000",
+        *[a for item in sets for a in ("--set", item)],
     ]  # fmt: skip
-    rows = [r for r in train_rows(recipe, src, folder / "run", *options) if r.get("seconds")]
+    rows = train_rows(recipe, src, folder / "run", *options, dataset=dataset)
+    rows = [r for r in rows if r.get("seconds")]
     first, last = rows[1], rows[-1]
     span = float(last["seconds"]) - float(first["seconds"])
     per_step = span / (int(last["step"]) - int(first["step"]))
@@ -70,9 +81,13 @@ def main() -> None:
     parser.add_argument("--recipe", default="brain-mri")
     parser.add_argument("--before", help="a previous tree's src, run side by side")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--dataset", type=Path, default=DATA / "dataset.json", help="default: the OASIS set"
+    )
+    parser.add_argument("--set", action="append", default=[], help="a config override")
     args = parser.parse_args()
-    if not (DATA / "dataset.json").exists():
-        print(f"skipped: {DATA} is absent (the shared OASIS-TRT-20 set)")
+    if not args.dataset.exists():
+        print(f"skipped: {args.dataset} is absent (shared data)")
         return
     import torch
 
@@ -83,8 +98,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
             for code, src in codes:
-                results[code].append(one_run(args.steps, args.recipe, src, Path(tmp)))
-    print(f"eoir train --recipe {args.recipe}, {args.steps} steps a run, {args.rounds} rounds; "
+                run = one_run(args.steps, args.recipe, src, Path(tmp), args.dataset, args.set)
+                results[code].append(run)
+    sets = "".join(f" --set {item}" for item in args.set)
+    print(f"eoir train --recipe {args.recipe} --dataset {args.dataset}{sets}, {args.steps} "
+          f"steps a run, {args.rounds} rounds; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
     print("| code | s / step (median) | each run | waiting for data |")
     print("|---|---|---|---|")

@@ -128,6 +128,14 @@ def test_one_hot_with_label_values():
     assert encoded[0, :, 0, 2].tolist() == [0, 0, 1]
     assert encoded[0, :, 1, 1].tolist() == [0, 0, 0]  # 7 is not listed
     assert one_hot(torch.tensor([[[1, 0]]]).view(1, 1, 1, 2), 3)[0, :, 0, 0].tolist() == [0, 1, 0]
+    # a batch of 3-D maps with unlisted values: torch's one_hot of the listed ones, float32,
+    # channels-last in memory
+    maps = torch.randint(0, 9, (2, 1, 5, 6, 7), generator=torch.Generator().manual_seed(0))
+    listed = [0, 2, 3, 5, 8]
+    encoded = one_hot(maps, listed)
+    reference = torch.stack([maps[:, 0] == v for v in listed], dim=1).float()
+    assert encoded.dtype == torch.float32 and torch.equal(encoded, reference)
+    assert encoded.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 def test_dice_loss_bounds():
@@ -143,6 +151,40 @@ def test_gaussian_blur_and_pyramid():
     assert torch.allclose(gaussian_blur(const)[..., 2:-2, 2:-2, 2:-2], const[..., 2:-2, 2:-2, 2:-2])
     levels = pyramid(torch.rand(1, 1, 16, 16, 4), [(16, 16, 4), (8, 8, 4), (4, 4, 4)])
     assert [tuple(x.shape[2:]) for x in levels] == [(16, 16, 4), (8, 8, 4), (4, 4, 4)]
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        [(21, 16, 9), (11, 8, 9), (6, 4, 3), (3, 2, 1)],  # odd, kept and single-voxel axes
+        [(33, 17), (16, 17), (8, 4), (1, 2)],
+    ],
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pyramid_is_blur_then_linear_resampling(shapes, channels_last):
+    """The matrix form equals its definition: the 5-tap sigma-1 zero-padded blur along the
+    axes that shrink, then ``F.interpolate`` (linear, ``align_corners=True``), level by level;
+    a channels-last input (one-hot label maps) keeps its layout."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, *shapes[0], dtype=torch.float64)
+    last = torch.channels_last_3d if len(shapes[0]) == 3 else torch.channels_last
+    if channels_last:
+        x = x.contiguous(memory_format=last)
+    mode = "trilinear" if len(shapes[0]) == 3 else "bilinear"
+    expected = [x]
+    for shape in shapes[1:]:
+        prev = expected[-1]
+        axes = [k for k, (a, b) in enumerate(zip(prev.shape[2:], shape, strict=True)) if b < a]
+        blurred = gaussian_blur(prev, axes=axes)
+        expected.append(F.interpolate(blurred, size=shape, mode=mode, align_corners=True))
+    got = pyramid(x, shapes)
+    for a, b in zip(got, expected, strict=True):
+        assert a.shape == b.shape and a.dtype == torch.float64
+        assert a.is_contiguous(memory_format=last if channels_last else torch.contiguous_format)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)  # interpolate's float32 indices
+    grad = torch.rand_like(x, requires_grad=True)  # differentiable, as a field pyramid needs
+    pyramid(grad, shapes)[-1].sum().backward()
+    assert grad.grad is not None and torch.isfinite(grad.grad).all()
 
 
 @pytest.mark.parametrize("similarity", ["ncc", "mse", "mind", "mi"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["dice_loss", "one_hot"]
 
@@ -24,7 +23,8 @@ def one_hot(labels: torch.Tensor, classes: Sequence[int] | int) -> torch.Tensor:
     Returns
     -------
     torch.Tensor
-        ``(B, K, *spatial)`` float32.
+        ``(B, K, *spatial)`` float32, channels-last in memory (the classes of a voxel side by
+        side: grid_sample warps such a map faster than a contiguous one).
     """
     values = list(range(classes)) if isinstance(classes, int) else [int(c) for c in classes]
     lab = labels.long()
@@ -35,9 +35,13 @@ def one_hot(labels: torch.Tensor, classes: Sequence[int] | int) -> torch.Tensor:
     lookup[torch.tensor(values, device=labels.device)] = torch.arange(
         len(values), device=labels.device
     )
-    index = lookup[lab[:, 0]]  # (B, *spatial); unlisted -> extra class dropped below
-    out = F.one_hot(index, len(values) + 1)[..., : len(values)]
-    return out.movedim(-1, 1).float()
+    index = lookup[lab[:, 0]]  # (B, *spatial); unlisted -> len(values), no class
+    k = len(values)
+    # written straight into float32 (no int64 one-hot of every voxel, then a float copy)
+    out = torch.zeros((*index.shape, k), dtype=torch.float32, device=labels.device)
+    listed = (index < k).unsqueeze(-1).to(torch.float32)
+    out.scatter_(-1, index.clamp(max=k - 1).unsqueeze(-1), listed)
+    return out.movedim(-1, 1)
 
 
 def dice_loss(warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
