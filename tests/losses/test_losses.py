@@ -146,6 +146,27 @@ def test_dice_loss_bounds():
     torch.testing.assert_close(dice_loss(b, c), torch.tensor(1.0))
 
 
+@pytest.mark.parametrize("classes", [5, 300])  # the matrix product, and the elementwise one
+def test_dice_loss_is_its_formula_in_any_layout(classes):
+    """Loss and gradient equal ``1 - mean(2 sum(a b) / (sum a + sum b + 1e-5))`` for a
+    warped (contiguous, soft) map against a one-hot (channels-last) one, batch of 2."""
+    generator = torch.Generator().manual_seed(1)
+    fixed = one_hot(torch.randint(0, classes, (2, 1, 9, 8, 7), generator=generator), classes)
+    warped = torch.rand(2, classes, 9, 8, 7, generator=generator, dtype=torch.float64)
+    fixed = fixed.double()
+    assert fixed.is_contiguous(memory_format=torch.channels_last_3d)
+    a = warped.clone().requires_grad_(True)
+    loss = dice_loss(a, fixed)
+    loss.backward()
+    b = warped.clone().requires_grad_(True)
+    dims = (2, 3, 4)
+    expected = 1.0 - (2.0 * (b * fixed).sum(dims) / (b.sum(dims) + fixed.sum(dims) + 1e-5)).mean()
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(a.grad, b.grad)
+    assert a.grad.is_contiguous()
+
+
 def test_gaussian_blur_and_pyramid():
     const = torch.ones(1, 2, 20, 20, 20)
     assert torch.allclose(gaussian_blur(const)[..., 2:-2, 2:-2, 2:-2], const[..., 2:-2, 2:-2, 2:-2])

@@ -8,6 +8,8 @@ import torch
 
 __all__ = ["dice_loss", "one_hot"]
 
+DOT_CLASSES = 256  # dice_loss computes overlaps as a matrix product up to this many classes
+
 
 def one_hot(labels: torch.Tensor, classes: Sequence[int] | int) -> torch.Tensor:
     """One-hot encode an integer label map.
@@ -62,6 +64,13 @@ def dice_loss(warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
     if warped.shape != fixed.shape:
         raise ValueError(f"shapes differ: {tuple(warped.shape)} vs {tuple(fixed.shape)}")
     dims = tuple(range(2, warped.dim()))
-    inter = (warped * fixed).sum(dims)
+    if warped.shape[1] <= DOT_CLASSES:
+        # every class's overlap at once: the diagonal of one (K, V) x (V, K) product per pair,
+        # which reads each map in its own memory layout (a one-hot map is channels-last, a
+        # warped one contiguous); their elementwise product is 2-3x slower across layouts
+        products = torch.bmm(warped.flatten(2), fixed.flatten(2).transpose(1, 2))
+        inter = products.diagonal(dim1=1, dim2=2)
+    else:  # the K x K products would cost more than they save
+        inter = (warped * fixed).sum(dims)
     sizes = warped.sum(dims) + fixed.sum(dims)
     return 1.0 - (2.0 * inter / (sizes + 1e-5)).mean()
