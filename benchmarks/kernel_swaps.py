@@ -22,7 +22,8 @@
   training loss's Gaussian pyramid (:func:`eoir.losses.filters.pyramid`) of the one-hot maps
   (channels-last as the training loop makes them, and contiguous) and of an image: a grouped
   convolution per axis then ``F.interpolate`` against one matrix product per axis (blur and
-  resampling folded): seconds and the largest difference.
+  resampling folded): seconds and the largest difference; the Dice loss and its gradient at
+  that size, elementwise overlaps against one matrix product per pair.
 
 Medians of 5 runs after a warm-up.
 
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 
 from eoir.image import Image
-from eoir.losses import one_hot
+from eoir.losses import dice_loss, one_hot
 from eoir.losses.filters import gaussian_blur, pyramid
 from eoir.metrics import jacobian_stats
 from eoir.registration.affine import _pyramid
@@ -89,6 +90,13 @@ def _int64_one_hot(labels: torch.Tensor, k: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels[:, 0], k).movedim(-1, 1).float()
 
 
+def _elementwise_dice(warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """``dice_loss`` as it was before 2026-11-30's third session (elementwise overlaps)."""
+    dims = tuple(range(2, warped.dim()))
+    inter = (warped * fixed).sum(dims)
+    return 1.0 - (2.0 * inter / (warped.sum(dims) + fixed.sum(dims) + 1e-5)).mean()
+
+
 def loss_pyramid() -> None:
     shapes = [(104, 96, 80), (52, 48, 40), (26, 24, 20), (13, 12, 10)]
     generator = torch.Generator().manual_seed(3)
@@ -112,6 +120,21 @@ def loss_pyramid() -> None:
         )
         print(f"loss pyramid of {name} at 104x96x80: convolutions {old:.3f} s, matrices "
               f"{new:.3f} s, largest difference {difference:.1e}")  # fmt: skip
+
+    warped = torch.rand(1, 41, *shapes[0], generator=generator)  # as grid_sample returns it
+
+    def dice(loss) -> tuple[float, torch.Tensor]:
+        soft = warped.clone().requires_grad_(True)
+        value = loss(soft, encoded)
+        value.backward()
+        return float(value.detach()), soft.grad
+
+    old, new = _time(lambda: dice(_elementwise_dice)), _time(lambda: dice(dice_loss))
+    (a, grad_a), (b, grad_b) = dice(_elementwise_dice), dice(dice_loss)
+    print(f"Dice loss and gradient, 41 labels at 104x96x80 (warped contiguous, one-hot "
+          f"channels-last): elementwise {old:.3f} s, matrix product {new:.3f} s, loss "
+          f"{a:.7f} / {b:.7f}, gradients {float((grad_a - grad_b).abs().max()):.1e} "
+          f"apart")  # fmt: skip
 
 
 def main() -> None:
