@@ -436,11 +436,10 @@ def _worker_died(err: RuntimeError, out: Path) -> InputError | None:
     if "DataLoader worker" not in text or not ("killed by signal" in text or "exited" in text):
         return None
     last = out / "last.pt"
-    kept = (
-        f"{last} keeps step {read_checkpoint(last)['step']}: --resume continues"
-        if last.is_file()
-        else "no checkpoint was written yet"
-    )
+    try:
+        kept = f"{last} keeps step {read_checkpoint(last)['step']}: --resume continues"
+    except Exception:  # none written yet (or unreadable): no step to name
+        kept = f"no checkpoint to resume from in {out}" if not last.is_file() else f"see {last}"
     return InputError(
         f"{reason(err).rstrip('. ')} (out of memory? fewer data.workers, or "
         f"data.cache=false); {kept}"
