@@ -23,7 +23,9 @@
   (channels-last as the training loop makes them, and contiguous) and of an image: a grouped
   convolution per axis then ``F.interpolate`` against one matrix product per axis (blur and
   resampling folded): seconds and the largest difference; the Dice loss and its gradient at
-  that size, elementwise overlaps against one matrix product per pair.
+  that size, elementwise overlaps against one matrix product per pair; the finest level's Dice
+  term of one-hot maps, the 41-channel warp then ``dice_loss`` against the interpolation
+  weights binned by class (``warped_dice_loss``): seconds, loss, gradients.
 
 Medians of 5 runs after a warm-up.
 
@@ -43,13 +45,13 @@ import numpy as np
 import torch
 
 from eoir.image import Image
-from eoir.losses import dice_loss, one_hot
+from eoir.losses import dice_loss, one_hot, warped_dice_loss
 from eoir.losses.filters import gaussian_blur, pyramid
 from eoir.metrics import jacobian_stats
 from eoir.registration.affine import _pyramid
 from eoir.registration.preprocess import percentiles
 from eoir.registration.resample import moving_positions, total_field
-from eoir.spatial import compose, identity_grid, integrate, sample
+from eoir.spatial import compose, identity_grid, integrate, sample, warp
 from eoir.synth.generator import _nearest, _smooth_exp, random_velocity
 
 
@@ -135,6 +137,26 @@ def loss_pyramid() -> None:
           f"channels-last): elementwise {old:.3f} s, matrix product {new:.3f} s, loss "
           f"{a:.7f} / {b:.7f}, gradients {float((grad_a - grad_b).abs().max()):.1e} "
           f"apart")  # fmt: skip
+
+    moving = one_hot(torch.randint(0, 41, (1, 1, *shapes[0]), generator=generator), 41)
+    field = torch.randn(1, 3, *shapes[0], generator=generator) * 2.0
+
+    def finest(through_warp: bool) -> tuple[float, torch.Tensor]:
+        disp = field.clone().requires_grad_(True)
+        if through_warp:
+            value = dice_loss(warp(moving, disp), encoded)
+        else:
+            value = warped_dice_loss(moving, encoded, disp)
+        value.backward()
+        return float(value.detach()), disp.grad
+
+    old, new = _time(lambda: finest(True), 3), _time(lambda: finest(False), 3)
+    (a, grad_a), (b, grad_b) = finest(True), finest(False)
+    near = torch.isclose(grad_a, grad_b, rtol=1e-3, atol=1e-12).float().mean()
+    print(f"the finest level's Dice term and its gradient, 41 labels at 104x96x80: warp of the "
+          f"41 channels then dice_loss {old:.3f} s, weights binned by class (warped_dice_loss) "
+          f"{new:.3f} s, loss {a:.7f} / {b:.7f}, gradients within 0.1 % at "
+          f"{100 * float(near):.4f} % of the voxels")  # fmt: skip
 
 
 def main() -> None:

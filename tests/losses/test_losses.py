@@ -19,7 +19,9 @@ from eoir.losses import (
     ncc_loss,
     one_hot,
     pyramid,
+    warped_dice_loss,
 )
+from eoir.losses.labels import hard_classes
 from eoir.nn import EOIR
 from eoir.spatial import warp
 from helpers import smooth_field, smooth_image
@@ -165,6 +167,32 @@ def test_dice_loss_is_its_formula_in_any_layout(classes):
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(a.grad, b.grad)
     assert a.grad.is_contiguous()
+
+
+@pytest.mark.parametrize("shape", [(9, 8, 7), (12, 10)])
+def test_warped_dice_loss_equals_the_dice_of_the_warped_map(shape):
+    """The Dice of a warped one-hot map from interpolation weights binned by class equals
+    ``dice_loss(warp(moving, disp), fixed)`` in value and gradient (batch of 2, voxels of no
+    class, positions outside the grid); soft maps and a broadcast field get None."""
+    generator = torch.Generator().manual_seed(2)
+    classes = 5
+    moving = one_hot(torch.randint(0, classes + 2, (2, 1, *shape), generator=generator), classes)
+    fixed = one_hot(torch.randint(0, classes + 2, (2, 1, *shape), generator=generator), classes)
+    disp = torch.randn(2, len(shape), *shape, generator=generator, dtype=torch.float64) * 3
+    moving, fixed = moving.double(), fixed.double()
+    a = disp.clone().requires_grad_(True)
+    expected = dice_loss(warp(moving, a), fixed)
+    expected.backward()
+    b = disp.clone().requires_grad_(True)
+    loss = warped_dice_loss(moving, fixed, b)
+    loss.backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(b.grad, a.grad)
+    soft = moving * 0.5
+    assert warped_dice_loss(soft, fixed, disp) is None
+    assert warped_dice_loss(moving, fixed, disp[:1]) is None
+    expected_classes = torch.where(moving[0].sum(0) > 0, moving[0].argmax(0), classes)
+    assert torch.equal(hard_classes(moving)[0], expected_classes)
 
 
 def test_gaussian_blur_and_pyramid():

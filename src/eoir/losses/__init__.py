@@ -2,14 +2,14 @@
 
 - :mod:`eoir.losses.similarity`: windowed NCC, MSE, MIND-SSC, mutual information (``SIMILARITIES``);
 - :mod:`eoir.losses.smoothness`: L1/L2 forward-difference penalties (``PENALTIES``);
-- :mod:`eoir.losses.labels`: one-hot encoding and soft Dice;
+- :mod:`eoir.losses.labels`: one-hot encoding, soft Dice, and the Dice of a warped one-hot map;
 - :mod:`eoir.losses.supervision`: the endpoint error of a field against a known one;
 - :mod:`eoir.losses.filters`: box and Gaussian filters, image pyramids;
 - :mod:`eoir.losses.multilevel`: :func:`multilevel_loss`.
 """
 
 from eoir.losses.filters import box_filter, gaussian_blur, pyramid
-from eoir.losses.labels import dice_loss, one_hot
+from eoir.losses.labels import dice_loss, one_hot, warped_dice_loss
 from eoir.losses.multilevel import multilevel_loss
 from eoir.losses.similarity import (
     MULTIMODAL,
@@ -47,4 +47,5 @@ __all__ = [
     "one_hot",
     "pyramid",
     "similarity_loss",
+    "warped_dice_loss",
 ]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from eoir.losses.filters import pyramid
-from eoir.losses.labels import dice_loss
+from eoir.losses.labels import dice_loss, warped_dice_loss
 from eoir.losses.similarity import SIMILARITIES, Similarity, similarity_loss
 from eoir.losses.smoothness import Penalty, gradient_loss
 from eoir.losses.supervision import endpoint_error
@@ -132,7 +132,10 @@ def multilevel_loss(
         terms["similarity"] += weight * sim.detach()
         terms["smoothness"] += weight * reg.detach()
         if use_dice:
-            dsc = dice_loss(warp(labels_m[level], field), labels_f[level])
+            # the finest level's maps are one-hot: their Dice without warping K channels
+            dsc = warped_dice_loss(labels_m[0], labels_f[0], field) if level == 0 else None
+            if dsc is None:
+                dsc = dice_loss(warp(labels_m[level], field), labels_f[level])
             level_loss = level_loss + dice_weight * dsc
             terms["dice"] += weight * dsc.detach()
         if use_field:
