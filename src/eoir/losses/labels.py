@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from eoir.spatial import identity_grid
+
 __all__ = ["dice_loss", "one_hot", "warped_dice_loss"]
 
 DOT_CLASSES = 256  # dice_loss computes overlaps as a matrix product up to this many classes
@@ -130,8 +132,7 @@ def warped_dice_loss(
     b, k = moving.shape[:2]
     spatial = tuple(moving.shape[2:])
     ndim = len(spatial)
-    axes = [torch.arange(n, device=disp.device, dtype=disp.dtype) for n in spatial]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (ndim, *spatial)
+    grid = identity_grid(spatial, disp.device, disp.dtype)
     positions = (grid + disp).reshape(b, ndim, -1)
     low = positions.detach().floor()
     frac = positions - low
