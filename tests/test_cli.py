@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -12,7 +16,7 @@ from eoir.io import FIELD_FORMATS, SPLITS
 from eoir.options import PRECISIONS
 from eoir.registration.pipeline import OPTIMIZE_TARGETS
 from eoir.registration.preprocess import PRESETS
-from helpers import eoir_cli, eoir_process
+from helpers import blob_volume, eoir_cli, eoir_process
 
 _run = eoir_process  # these tests are of the process: the entry point and its exit code
 
@@ -119,3 +123,43 @@ def test_an_existing_output_asks_for_overwrite_in_each_wording(tmp_path):
     eoir.io.write_field(tmp_path / "f.nii.gz", np.zeros((3, 4, 4, 4)), eoir.io.as_image(image))
     result = eoir_cli("jacobian", "--field", tmp_path / "f.nii.gz", "--out", target)
     assert result.returncode == 2 and result.stderr.strip().endswith("exists; pass --overwrite")
+
+
+def _run_with_teardown_probe(*args) -> subprocess.CompletedProcess:
+    """``eoir ARGS`` in a new process that prints "teardown" from an exit handler."""
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('teardown', file=sys.stderr))\n"
+        "from eoir.cli import run\n"
+        f"sys.argv = ['eoir', *{[str(a) for a in args]!r}]\n"
+        "run()\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_a_one_pair_command_ends_its_process_without_teardown_and_loses_nothing(tmp_path):
+    affine = np.diag([1.2, 1.0, 0.9, 1.0])
+    shape = (20, 22, 18)
+    fixed, moving = tmp_path / "f.nii.gz", tmp_path / "m.nii.gz"
+    nib.save(nib.Nifti1Image(blob_volume(shape, seed=1), affine), str(fixed))
+    nib.save(nib.Nifti1Image(blob_volume(shape, seed=2), affine), str(moving))
+    warped, field = tmp_path / "w.nii.gz", tmp_path / "d.nii.gz"
+    result = _run_with_teardown_probe(
+        "register", "--fixed", fixed, "--moving", moving, "--model", "none",
+        "--optimize-steps", "3", "--warped", warped, "--field", field, "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "teardown" not in result.stderr  # ended at once
+    assert result.stdout.startswith("registered ") and result.stdout.endswith("\n")
+    assert nib.load(str(warped)).shape == shape and nib.load(str(field)).shape[:3] == shape
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.nii.gz", "f.nii.gz", "m.nii.gz",
+                                                          "w.nii.gz"]  # fmt: skip
+    # an error too: its one line and exit code 2
+    result = _run_with_teardown_probe("register", "--fixed", fixed, "--moving", tmp_path / "x")
+    assert result.returncode == 2 and "teardown" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "x" in result.stderr
+    # other commands exit through Python's teardown: no command (help), a batch of pairs
+    assert "teardown" in _run_with_teardown_probe().stderr
+    result = _run_with_teardown_probe("register", "--pairs", tmp_path / "no.csv", "--out-dir",
+                                      tmp_path / "out")  # fmt: skip
+    assert result.returncode == 2 and "teardown" in result.stderr

@@ -19,6 +19,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -652,12 +653,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# one-pair commands whose process may end without Python's teardown (see :func:`run`)
+_QUICK_EXIT = frozenset({"info", "register", "apply", "jacobian"})
+
+
+def run() -> NoReturn:
+    """The ``eoir`` program (its console script and ``python -m eoir``): :func:`main`, then
+    the process's exit.
+
+    A one-pair command (``info``, ``register`` without ``--pairs``, ``apply``, ``jacobian``)
+    has closed and renamed every output when it returns; its process then ends at once
+    (``os._exit``, after flushing stdout and stderr) instead of through Python's teardown,
+    which spends about 0.5 s unloading torch: a tenth of a registration of raw scans
+    (``benchmarks/register_phases.py --native``, "exit"). Other commands (training's data
+    workers and TensorBoard files, batches under torch.distributed) exit normally.
+    """
+    parser, args = _parse(sys.argv[1:])
+    code = _execute(parser, args)
+    if args.command in _QUICK_EXIT and getattr(args, "pairs", None) is None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe (`eoir ... | head`): nothing to lose
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``eoir`` command; returns the process exit code."""
+    return _execute(*_parse(sys.argv[1:] if argv is None else argv))
+
+
+def _parse(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The parser and the parsed arguments (``args.argv``: the words given)."""
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    args.argv = argv
+    args = parser.parse_args(list(argv))
+    args.argv = list(argv)
+    return parser, args
+
+
+def _execute(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run the parsed command; returns the exit code (one line on stderr for an error)."""
     if args.command is None:
         parser.print_help()
         return 0
@@ -706,4 +743,4 @@ def _fail(command: str, message: str, code: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -122,7 +122,11 @@ def to_fixed_grid(
         if max(abs(int(array.min())), abs(int(array.max()))) >= 2**24:
             dtype = torch.float64
     device = disp.device if disp is not None else torch.device("cpu")
-    image = torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)[None, None]
+    if not (array.flags.c_contiguous or array.flags.f_contiguous):
+        array = np.ascontiguousarray(array)
+    # a NIfTI volume is Fortran-ordered: sampled in its own layout (grid_sample reads strides;
+    # the same values as a C-ordered copy, without the copy)
+    image = torch.from_numpy(array).to(device=device, dtype=dtype)[None, None]
     if positions is None and world is None and moving.same_grid(fixed):
         if disp is None:
             return image
