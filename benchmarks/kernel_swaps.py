@@ -25,7 +25,17 @@
   resampling folded): seconds and the largest difference; the Dice loss and its gradient at
   that size, elementwise overlaps against one matrix product per pair; the finest level's Dice
   term of one-hot maps, the 41-channel warp then ``dice_loss`` against the interpolation
-  weights binned by class (``warped_dice_loss``): seconds, loss, gradients.
+  weights binned by class (``warped_dice_loss``): seconds, loss, gradients;
+- (``--only reading``, the second session of that day) a raw native scan and its label map
+  (``oasis-trt-20-native`` subject 13, 256x256x160 ``.nii.gz``) read by nibabel (zlib) against
+  ``eoir.io.read_image`` (ISA-L's decompression); the moving image and labels, Fortran-ordered
+  as read, warped onto the fixed grid (a smooth field): a C-ordered copy first, sampled in their
+  own layout, and reordered within the float conversion (``to_fixed_grid``); the moving image
+  onto a 2 mm working grid: a C-ordered copy first against its own layout: seconds and
+  equality; a field's warp (:func:`eoir.spatial.warp`,
+  no autograd) with grid_sample's grid made by a reordering copy and a multiply-add onto a
+  cached identity grid (as training makes it) against one planar pass: 256x256x160 and the
+  network's working grid, seconds and equality.
 
 Medians of 5 runs after a warm-up.
 
@@ -33,6 +43,7 @@ Usage::
 
     python benchmarks/kernel_swaps.py
     python benchmarks/kernel_swaps.py --only loss_pyramid
+    python benchmarks/kernel_swaps.py --only reading
 """
 
 from __future__ import annotations
@@ -40,17 +51,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
 from eoir.image import Image
+from eoir.io import read_image
 from eoir.losses import dice_loss, one_hot, warped_dice_loss
 from eoir.losses.filters import gaussian_blur, pyramid
 from eoir.metrics import jacobian_stats
 from eoir.registration.affine import _pyramid
 from eoir.registration.preprocess import percentiles
-from eoir.registration.resample import moving_positions, total_field
+from eoir.registration.resample import moving_positions, to_fixed_grid, total_field, warp_image
 from eoir.spatial import compose, identity_grid, integrate, sample, warp
 from eoir.synth.generator import _nearest, _smooth_exp, random_velocity
 
@@ -159,13 +173,99 @@ def loss_pyramid() -> None:
           f"{100 * float(near):.4f} % of the voxels")  # fmt: skip
 
 
+NATIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "oasis-trt-20-native"
+
+
+def reading() -> None:
+    """A raw scan's reading and warps: nibabel against eoir, copies against own layouts."""
+    name = "OASISTRT_{:04d}_0000.nii.gz"
+    if not NATIVE.is_dir():
+        print(f"reading: skipped ({NATIVE} not found)")
+        return
+    for kind in ("imagesTr", "labelsTr"):
+        path = NATIVE / kind / name.format(13)
+        old = _time(lambda path=path: np.asanyarray(nib.load(str(path)).dataobj))
+        new = _time(lambda path=path: read_image(path).array)
+        same = np.array_equal(np.asanyarray(nib.load(str(path)).dataobj), read_image(path).array)
+        print(f"read {kind}/{path.name}: nibabel {old:.3f} s, eoir {new:.3f} s, equal {same}")
+    fixed = read_image(NATIVE / "imagesTr" / name.format(13))
+    moving = read_image(NATIVE / "imagesTr" / name.format(14))
+    labels = read_image(NATIVE / "labelsTr" / name.format(14))
+    disp = torch.nn.functional.interpolate(
+        torch.randn(1, 3, 9, 9, 6, generator=torch.Generator().manual_seed(3)) * 3.0,
+        size=fixed.shape,
+        mode="trilinear",
+    )
+    positions = moving_positions(fixed, moving.affine, disp)
+    for what, image, mode in (("image", moving, "bilinear"), ("labels", labels, "nearest")):
+
+        def copied(image=image, mode=mode):  # what to_fixed_grid did before: a C-ordered copy
+            copy = Image(np.ascontiguousarray(image.array), image.affine)
+            return warp_image(copy, fixed, disp, mode, positions)
+
+        def own(image=image, mode=mode):  # sampled in its Fortran layout, no copy
+            values = torch.from_numpy(image.array).float()[None, None]
+            return sample(values, positions, mode=mode)[0, 0].numpy()
+
+        old = _time(copied)
+        strided = _time(own)
+        new = _time(lambda image=image, mode=mode: warp_image(image, fixed, disp, mode, positions))
+        same = np.array_equal(copied(), warp_image(image, fixed, disp, mode, positions))
+        print(f"warp the moving {what} (Fortran-ordered {image.array.dtype}) onto 256x256x160: "
+              f"C-ordered copy first {old:.3f} s, in its own layout {strided:.3f} s, reordered "
+              f"in the float conversion {new:.3f} s, equal {same}")  # fmt: skip
+    # the network's working grid: few samples from the whole moving image
+    work = Image(np.zeros((128, 128, 80), np.float32), fixed.affine @ np.diag([2, 2, 2, 1]))
+    values = Image(moving.array.astype(np.float32), moving.affine)  # Fortran-ordered, as read
+
+    def copied_first():
+        return to_fixed_grid(Image(np.ascontiguousarray(values.array), values.affine), work)
+
+    old = _time(copied_first)
+    new = _time(lambda: to_fixed_grid(values, work))
+    same = torch.equal(copied_first(), to_fixed_grid(values, work))
+    print(
+        f"the moving image (float32, Fortran-ordered) onto a 128x128x80 working grid: "
+        f"C-ordered copy first {old:.3f} s, own layout {new:.3f} s, equal {same}"
+    )
+
+
+def _flipped_grid_warp(image: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
+    """:func:`eoir.spatial.warp` with its grid made as under autograd (the previous way)."""
+    from eoir.spatial import _grid_sample, _normalised_identity
+
+    base, scale = _normalised_identity(tuple(disp.shape[2:]), disp.device, disp.dtype)
+    grid = torch.addcmul(base, disp.movedim(1, -1).flip(-1), scale)
+    return _grid_sample(image, grid, "bilinear", "zeros")
+
+
+def grids() -> None:
+    """grid_sample's grid: a reordering copy onto a cached identity against one planar pass."""
+    for shape, channels in (((256, 256, 160), 1), ((97, 77, 78), 3), ((97, 77, 78), 16)):
+        generator = torch.Generator().manual_seed(4)
+        disp = torch.nn.functional.interpolate(
+            torch.randn(1, 3, 9, 9, 6, generator=generator) * 3.0, size=shape, mode="trilinear"
+        )
+        image = torch.rand(1, channels, *shape, generator=generator)
+        with torch.no_grad():
+            old = _time(lambda image=image, disp=disp: _flipped_grid_warp(image, disp))
+            new = _time(lambda image=image, disp=disp: warp(image, disp))
+            same = torch.equal(_flipped_grid_warp(image, disp), warp(image, disp))
+        print(f"warp of {channels} channel(s) at {'x'.join(map(str, shape))}: copy + identity "
+              f"{old:.4f} s, planar {new:.4f} s, equal {same}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["loss_pyramid"], help="run this swap alone")
+    parser.add_argument("--only", choices=["loss_pyramid", "reading"], help="run this swap alone")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.only == "loss_pyramid":
         loss_pyramid()
+        return
+    if args.only == "reading":
+        reading()
+        grids()
         return
     shape = (256, 256, 160)
     fixed = Image(np.zeros(shape, np.float32), np.eye(4))
@@ -225,6 +325,8 @@ def main() -> None:
           f"{copied:.3f} s, the transposed view averaged {pooled:.3f} s, largest difference "
           f"{difference:.1e}")  # fmt: skip
     loss_pyramid()
+    reading()
+    grids()
 
 
 if __name__ == "__main__":

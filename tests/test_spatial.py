@@ -18,6 +18,7 @@ from eoir.spatial import (
     lps_affine,
     pad_to_multiple,
     resize_field,
+    sample,
     sample_at_points,
     transform_positions,
     voxel_to_world,
@@ -297,3 +298,25 @@ def test_a_field_composed_with_its_inverse_is_the_identity_inside(shape):
     assert compose(backward, forward)[inside].abs().max() < 0.05  # and the other order
     shift = torch.full((1, len(shape), *shape), 1.25)
     torch.testing.assert_close(invert(shift), -shift)
+
+
+@pytest.mark.parametrize("shape", [(9, 11), (7, 9, 10)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_sampling_grid_without_autograd_equals_the_one_with_it(shape, dtype):
+    """Inference builds grid_sample's grid in one pass (planar, no identity grid); training
+    builds it differentiably: the same values bit for bit, for warp and sample."""
+    ndim = len(shape)
+    generator = torch.Generator().manual_seed(3)
+    image = torch.rand(2, 3, *shape, generator=generator, dtype=dtype)
+    disp = torch.randn(1, ndim, *shape, generator=generator, dtype=dtype) * 2
+    grid = identity_grid(shape, dtype=dtype)
+    positions = (disp + 1.1 * grid).expand(2, -1, *shape)
+    for mode in ("bilinear", "nearest"):
+        for padding in ("zeros", "border"):
+            with torch.no_grad():
+                warped = warp(image, disp, mode, padding)
+                sampled = sample(image, positions, mode, padding)
+            tracked = disp.clone().requires_grad_()
+            assert torch.equal(warp(image, tracked, mode, padding).detach(), warped)
+            tracked = positions.clone().requires_grad_()
+            assert torch.equal(sample(image, tracked, mode, padding).detach(), sampled)

@@ -666,11 +666,13 @@ def run() -> NoReturn:
     (``os._exit``, after flushing stdout and stderr) instead of through Python's teardown,
     which spends about 0.5 s unloading torch: a tenth of a registration of raw scans
     (``benchmarks/register_phases.py --native``, "exit"). Other commands (training's data
-    workers and TensorBoard files, batches under torch.distributed) exit normally.
+    workers and TensorBoard files, batches under torch.distributed) exit normally, as does
+    every command under a profiler, a tracer or coverage (they write their results at exit).
     """
     parser, args = _parse(sys.argv[1:])
     code = _execute(parser, args)
-    if args.command in _QUICK_EXIT and getattr(args, "pairs", None) is None:
+    watched = sys.getprofile() or sys.gettrace() or "coverage" in sys.modules
+    if args.command in _QUICK_EXIT and getattr(args, "pairs", None) is None and not watched:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

@@ -131,10 +131,31 @@ def _grid_sample_grid(positions: torch.Tensor, source_shape: Sequence[int]) -> t
     """Turn voxel positions ``(B, ndim, *grid)`` into grid_sample's normalised grid
     ``(B, *grid, ndim)``, the last axis reversed to (x, y[, z]) (:func:`_normalising_scale`)."""
     ndim = positions.shape[1]
-    scale = torch.tensor(
-        _normalising_scale(source_shape), device=positions.device, dtype=positions.dtype
-    ).view(1, ndim, *([1] * (positions.dim() - 2)))
-    return (positions * scale - 1.0).movedim(1, -1).flip(-1)
+    factors = _normalising_scale(source_shape)
+    minus_one = torch.tensor(-1.0, device=positions.device, dtype=positions.dtype)
+    if not (positions.requires_grad and torch.is_grad_enabled()):
+        return _planar_grid(positions, factors, [minus_one] * ndim)
+    scale = torch.tensor(factors, device=positions.device, dtype=positions.dtype)
+    scale = scale.view(1, ndim, *([1] * (positions.dim() - 2)))
+    return torch.addcmul(minus_one, positions, scale).movedim(1, -1).flip(-1)  # as above
+
+
+def _planar_grid(
+    values: torch.Tensor, factors: Sequence[float], offsets: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """grid_sample's grid ``(B, *grid, ndim)`` whose component ``ndim - 1 - k`` is
+    ``values[:, k] * factors[k] + offsets[k]`` (an offset broadcasting against
+    ``(B, *grid)``), made in one pass without autograd.
+
+    The components are stored one after the other (the last axis is a view across them):
+    grid_sample reads such a grid as fast as an interleaved one, and the reversed order costs
+    no copy (``flip`` copies a tensor; ``benchmarks/kernel_swaps.py``).
+    """
+    ndim = values.shape[1]
+    planes = torch.empty_like(values, memory_format=torch.contiguous_format)
+    for k in range(ndim):
+        torch.add(offsets[k], values[:, k], alpha=factors[k], out=planes[:, ndim - 1 - k])
+    return planes.movedim(1, -1)
 
 
 def _working_dtype(image: torch.Tensor) -> torch.dtype:
@@ -203,10 +224,22 @@ def _normalised_identity(
 def _resample(image: torch.Tensor, disp: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
     """:func:`warp` without checks, for callers that validated their inputs (the hot loops).
 
-    The sampling grid is made in two passes (a reordering copy and one multiply-add onto a
-    cached normalised identity) instead of five.
+    Without autograd through ``disp`` the sampling grid is made in one pass from per-axis
+    ramps (:func:`_planar_grid`); with it, in two (a reordering copy and one multiply-add onto
+    a cached normalised identity), to the same values.
     """
     dtype = _working_dtype(image)
+    if not (disp.requires_grad and torch.is_grad_enabled()):  # one pass, no identity grid
+        shape = tuple(disp.shape[2:])
+        ndim = len(shape)
+        factors = _normalising_scale(shape)
+        ramps = [
+            (torch.arange(n, device=disp.device, dtype=dtype) * f - 1.0).view(
+                [n if j == k else 1 for j in range(ndim)]
+            )
+            for k, (n, f) in enumerate(zip(shape, factors, strict=True))
+        ]
+        return _grid_sample(image, _planar_grid(disp.to(dtype), factors, ramps), mode, padding)
     base, scale = _normalised_identity(tuple(disp.shape[2:]), disp.device, dtype)
     grid = torch.addcmul(base, disp.to(dtype).movedim(1, -1).flip(-1), scale)
     return _grid_sample(image, grid, mode, padding)

@@ -23,10 +23,11 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 import torch
+from isal import isal_zlib
 
 from eoir.errors import InputError, reason
 from eoir.image import Image, in_plane
-from eoir.io.images import NIFTI_SUFFIXES, _affine_from_sitk, _suffix
+from eoir.io.images import NIFTI_SUFFIXES, _affine_from_sitk, _suffix, nifti_voxels
 from eoir.options import look_up_option
 from eoir.spatial import field_from_world
 
@@ -118,7 +119,7 @@ def read_field(path: str | os.PathLike) -> tuple[torch.Tensor, Image]:
     try:
         if _suffix(p) in NIFTI_SUFFIXES:
             nifti = nib.load(str(p))
-            data = np.asarray(nifti.dataobj, dtype=np.float64)
+            data = nifti_voxels(p, nifti, np.float64)
             affine = np.asarray(nifti.affine, dtype=float)
             header = nifti.header.copy()
             itk = data.ndim == 5
@@ -150,7 +151,14 @@ def read_field(path: str | os.PathLike) -> tuple[torch.Tensor, Image]:
             affine, header, itk = _affine_from_sitk(image), None, True
     except InputError:
         raise
-    except (OSError, RuntimeError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as err:
+    except (
+        OSError,
+        RuntimeError,
+        ValueError,
+        EOFError,
+        nib.filebasedimages.ImageFileError,
+        isal_zlib.error,
+    ) as err:
         raise InputError(f"{p}: cannot read field ({reason(err)})") from None
     if not np.isfinite(vectors).all():
         raise InputError(f"{p}: field has NaN or infinite values")

@@ -13,6 +13,8 @@ Both images of a pair have the same dimension (:meth:`eoir.image.Image.ndim`).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -124,9 +126,15 @@ def to_fixed_grid(
     device = disp.device if disp is not None else torch.device("cpu")
     if not (array.flags.c_contiguous or array.flags.f_contiguous):
         array = np.ascontiguousarray(array)
-    # a NIfTI volume is Fortran-ordered: sampled in its own layout (grid_sample reads strides;
-    # the same values as a C-ordered copy, without the copy)
-    image = torch.from_numpy(array).to(device=device, dtype=dtype)[None, None]
+    # A NIfTI volume is Fortran-ordered. grid_sample reads any strides (the same values), but
+    # gathers in the fixed grid's C order read such memory far apart: for as many samples as
+    # voxels (a warp onto a grid like its own) it is reordered once, with the float conversion;
+    # for few (the network's working grid) it is read in its own layout, without a copy
+    # (benchmarks/kernel_swaps.py --only reading)
+    many = math.prod(fixed.shape) * 2 >= array.size
+    layout = torch.contiguous_format if many else torch.preserve_format
+    image = torch.from_numpy(array).to(device=device, dtype=dtype, memory_format=layout)
+    image = image[None, None]
     if positions is None and world is None and moving.same_grid(fixed):
         if disp is None:
             return image
