@@ -15,6 +15,10 @@ Dice of the written warped labels against the fixed labels (Learn2Reg convention
 the ratio of the medians. Needs antspyx (``pip install -e ".[bench]"``, or a separate venv: run
 this script with that venv's python; eoir runs with the same interpreter).
 
+``--aligned`` runs the same on the pre-aligned, skull-stripped pairs of the same subjects
+(``oasis-trt-20``, 208x176x160): ``eoir register`` without ``--affine`` against ANTs
+``SyNOnly`` (antspyx defaults), the issue's aligned baseline.
+
 ``--before SRC`` adds a third command, the same eoir command run from another tree's ``src``
 (``git worktree add /tmp/before HEAD~1``), timed in the same rounds: a change's effect on the
 whole command, side by side; with ``--skip-ants`` only the two eoir commands run (``--rounds N``
@@ -42,14 +46,14 @@ import numpy as np
 
 from eoir.metrics import mean_dice
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "oasis-trt-20-native"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 ANTS = r"""
 import os, sys
 os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = sys.argv[6]
 import ants
 fixed, moving, labels = (ants.image_read(path) for path in sys.argv[1:4])
-result = ants.registration(fixed, moving, type_of_transform="SyN")
+result = ants.registration(fixed, moving, type_of_transform=sys.argv[7])
 warped = ants.apply_transforms(fixed, moving, result["fwdtransforms"], interpolator="linear")
 warped_labels = ants.apply_transforms(fixed, labels, result["fwdtransforms"],
                                       interpolator="nearestNeighbor")
@@ -65,11 +69,15 @@ def main() -> int:
     parser.add_argument("--before", metavar="SRC", help="also run eoir from this src folder")
     parser.add_argument("--skip-ants", action="store_true", help="with --before: eoir only")
     parser.add_argument("--rounds", type=int, default=1, help="passes over the pairs")
+    parser.add_argument(
+        "--aligned", action="store_true", help="the pre-aligned pairs (no affine stage, SyNOnly)"
+    )
     args = parser.parse_args()
+    data = SHARED / ("oasis-trt-20" if args.aligned else "oasis-trt-20-native")
     if args.skip_ants and not args.before:
         parser.error("--skip-ants compares two eoir trees: give --before SRC")
-    if not DATA.is_dir():
-        print(f"skipped: {DATA} not found")
+    if not data.is_dir():
+        print(f"skipped: {data} not found")
         return 0
     if not args.skip_ants:
         try:
@@ -88,16 +96,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for f, m in pairs:
-            fixed, moving = DATA / "imagesTr" / name.format(f), DATA / "imagesTr" / name.format(m)
-            fixed_labels = DATA / "labelsTr" / name.format(f)
-            moving_labels = DATA / "labelsTr" / name.format(m)
+            fixed, moving = data / "imagesTr" / name.format(f), data / "imagesTr" / name.format(m)
+            fixed_labels = data / "labelsTr" / name.format(f)
+            moving_labels = data / "labelsTr" / name.format(m)
             commands = {
                 "eoir": [sys.executable, "-m", "eoir", "register", "--fixed", fixed,
-                         "--moving", moving, "--affine", "--warped", out / "e_w.nii.gz",
+                         "--moving", moving, *([] if args.aligned else ["--affine"]),
+                         "--warped", out / "e_w.nii.gz",
                          "--field", out / "e_f.nii.gz", "--moving-labels", moving_labels,
                          "--warped-labels", out / "e_l.nii.gz", "--quiet", "--overwrite"],
                 "ants": [sys.executable, "-c", ANTS, fixed, moving, moving_labels,
-                         out / "a_w.nii.gz", out / "a_l.nii.gz", str(args.threads)],
+                         out / "a_w.nii.gz", out / "a_l.nii.gz", str(args.threads),
+                         "SyNOnly" if args.aligned else "SyN"],
             }  # fmt: skip
             if args.skip_ants:
                 del commands["ants"]

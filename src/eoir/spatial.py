@@ -132,20 +132,23 @@ def _grid_sample_grid(positions: torch.Tensor, source_shape: Sequence[int]) -> t
     ``(B, *grid, ndim)``, the last axis reversed to (x, y[, z]) (:func:`_normalising_scale`)."""
     ndim = positions.shape[1]
     factors = _normalising_scale(source_shape)
-    minus_one = torch.tensor(-1.0, device=positions.device, dtype=positions.dtype)
     if not (positions.requires_grad and torch.is_grad_enabled()):
-        return _planar_grid(positions, factors, [minus_one] * ndim)
+        # the same two roundings as below, one component after the other (no flip copy)
+        planes = torch.empty_like(positions, memory_format=torch.contiguous_format)
+        for k in range(ndim):
+            torch.mul(positions[:, k], factors[k], out=planes[:, ndim - 1 - k])
+        return planes.sub_(1.0).movedim(1, -1)
     scale = torch.tensor(factors, device=positions.device, dtype=positions.dtype)
     scale = scale.view(1, ndim, *([1] * (positions.dim() - 2)))
-    return torch.addcmul(minus_one, positions, scale).movedim(1, -1).flip(-1)  # as above
+    return (positions * scale - 1.0).movedim(1, -1).flip(-1)
 
 
 def _planar_grid(
     values: torch.Tensor, factors: Sequence[float], offsets: Sequence[torch.Tensor]
 ) -> torch.Tensor:
     """grid_sample's grid ``(B, *grid, ndim)`` whose component ``ndim - 1 - k`` is
-    ``values[:, k] * factors[k] + offsets[k]`` (an offset broadcasting against
-    ``(B, *grid)``), made in one pass without autograd.
+    ``offsets[k] + factors[k] * values[:, k]`` (an offset broadcasting against ``(B, *grid)``;
+    rounded as ``torch.addcmul``), made in one pass without autograd.
 
     The components are stored one after the other (the last axis is a view across them):
     grid_sample reads such a grid as fast as an interleaved one, and the reversed order costs
