@@ -29,10 +29,12 @@
 - (``--only reading``, the second session of that day) a raw native scan and its label map
   (``oasis-trt-20-native`` subject 13, 256x256x160 ``.nii.gz``) read by nibabel (zlib) against
   ``eoir.io.read_image`` (ISA-L's decompression); the moving image and labels, Fortran-ordered
-  as read, warped onto the fixed grid (a smooth field): a C-ordered copy first, sampled in their
-  own layout, and reordered within the float conversion (``to_fixed_grid``); the moving image
-  onto a 2 mm working grid: a C-ordered copy first against its own layout: seconds and
-  equality; a field's warp (:func:`eoir.spatial.warp`,
+  as read, warped onto the fixed grid (a smooth field in C order: a C-ordered copy first, sampled
+  in their own layout, reordered within the float conversion; the field in NIfTI's order, as
+  ``total_field`` keeps it: sampled in the reversed frame); the field's world vectors, the
+  warped image's write and the folding statistics from a field in C order and in NIfTI's order;
+  the moving image onto a 2 mm working grid: a C-ordered copy first against its own layout:
+  seconds and equality; a field's warp (:func:`eoir.spatial.warp`,
   no autograd) with grid_sample's grid made by a reordering copy and a multiply-add onto a
   cached identity grid (as training makes it) against one planar pass: 256x256x160 and the
   network's working grid, seconds and equality.
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,14 +61,23 @@ import numpy as np
 import torch
 
 from eoir.image import Image
-from eoir.io import read_image
+from eoir.io import read_image, write_image
+from eoir.io.fields import _nifti_vectors
 from eoir.losses import dice_loss, one_hot, warped_dice_loss
 from eoir.losses.filters import gaussian_blur, pyramid
 from eoir.metrics import jacobian_stats
 from eoir.registration.affine import _pyramid
 from eoir.registration.preprocess import percentiles
 from eoir.registration.resample import moving_positions, to_fixed_grid, total_field, warp_image
-from eoir.spatial import compose, identity_grid, integrate, sample, warp
+from eoir.spatial import (
+    compose,
+    identity_grid,
+    integrate,
+    lps_affine,
+    sample,
+    store_reversed,
+    warp,
+)
 from eoir.synth.generator import _nearest, _smooth_exp, random_velocity
 
 
@@ -196,24 +208,48 @@ def reading() -> None:
         size=fixed.shape,
         mode="trilinear",
     )
-    positions = moving_positions(fixed, moving.affine, disp)
+    stored = store_reversed(disp)  # NIfTI's order, as total_field keeps a network's field
     for what, image, mode in (("image", moving, "bilinear"), ("labels", labels, "nearest")):
-
+        # the same grid: the field's own warp (the native OASIS scans share one header)
         def copied(image=image, mode=mode):  # what to_fixed_grid did before: a C-ordered copy
             copy = Image(np.ascontiguousarray(image.array), image.affine)
-            return warp_image(copy, fixed, disp, mode, positions)
+            return warp_image(copy, fixed, disp, mode)
 
-        def own(image=image, mode=mode):  # sampled in its Fortran layout, no copy
+        def own(image=image, mode=mode):  # a field in C order, the image read in its layout
             values = torch.from_numpy(image.array).float()[None, None]
-            return sample(values, positions, mode=mode)[0, 0].numpy()
+            return warp(values, disp, mode=mode)[0, 0].numpy()
 
-        old = _time(copied)
-        strided = _time(own)
-        new = _time(lambda image=image, mode=mode: warp_image(image, fixed, disp, mode, positions))
-        same = np.array_equal(copied(), warp_image(image, fixed, disp, mode, positions))
-        print(f"warp the moving {what} (Fortran-ordered {image.array.dtype}) onto 256x256x160: "
-              f"C-ordered copy first {old:.3f} s, in its own layout {strided:.3f} s, reordered "
-              f"in the float conversion {new:.3f} s, equal {same}")  # fmt: skip
+        seconds = [
+            _time(copied),
+            _time(own),
+            _time(lambda image=image, mode=mode: warp_image(image, fixed, disp, mode)),
+            _time(lambda image=image, mode=mode: warp_image(image, fixed, stored, mode)),
+        ]
+        want = copied()
+        frame = warp_image(image, fixed, stored, mode)
+        print(f"warp the moving {what} (Fortran-ordered {image.array.dtype}) onto 256x256x160, "
+              f"a field in C order: C-ordered copy first {seconds[0]:.3f} s, in its own layout "
+              f"{seconds[1]:.3f} s, reordered in the float conversion {seconds[2]:.3f} s "
+              f"(equal {np.array_equal(want, warp_image(image, fixed, disp, mode))}); the field "
+              f"in NIfTI's order (the reversed frame) {seconds[3]:.3f} s, Fortran-ordered "
+              f"{frame.flags.f_contiguous}, largest difference "
+              f"{np.abs(frame.astype(float) - want).max():.0f}")  # fmt: skip
+    matrix = lps_affine(fixed.affine)[:3, :3]
+    old, new = (_time(lambda d=d: _nifti_vectors(d[0], matrix)) for d in (disp, stored))
+    same = np.array_equal(_nifti_vectors(disp[0], matrix), _nifti_vectors(stored[0], matrix))
+    print(f"the field's world vectors as NIfTI stores them: from C order {old:.3f} s, from "
+          f"NIfTI's order {new:.3f} s, equal {same}")  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "w.nii.gz"
+        array = warp_image(moving, fixed, disp)
+        old = _time(lambda: write_image(out, array, fixed, overwrite=True))
+        array = np.asfortranarray(array)
+        new = _time(lambda: write_image(out, array, fixed, overwrite=True))
+        print(f"write the warped image (int16 .nii.gz): C-ordered {old:.3f} s, Fortran-ordered "
+              f"{new:.3f} s")  # fmt: skip
+    old, new = (_time(lambda d=d: jacobian_stats(d, dtype=torch.float32)) for d in (disp, stored))
+    print(f"folding statistics (float32): the field in C order {old:.3f} s, in NIfTI's order "
+          f"{new:.3f} s")  # fmt: skip
     # the network's working grid: few samples from the whole moving image
     work = Image(np.zeros((128, 128, 80), np.float32), fixed.affine @ np.diag([2, 2, 2, 1]))
     values = Image(moving.array.astype(np.float32), moving.affine)  # Fortran-ordered, as read

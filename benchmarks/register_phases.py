@@ -6,7 +6,9 @@ the folding statistics of the summary line, warping the moving image, writing th
 the warped image as ``.nii.gz``, and the figure (``--figure``). Each is timed on its own, after a
 warm-up round. The script runs on this tree's layout and on the flat one before it.
 
-"import eoir.cli" is timed inside a new Python process (torch's import included).
+"import eoir.cli" is timed inside a new Python process (torch's import included); "Python's
+teardown" is what a process that imported it spends ending normally rather than with
+``os._exit`` (as ``eoir``'s one-pair commands end: :func:`eoir.cli.run`), not in the sum.
 To compare two versions of the code, run it with each tree's ``src`` first on the path::
 
     git worktree add /tmp/before HEAD~1
@@ -62,6 +64,21 @@ IMPORT = [
     "-c",
     "import time; t = time.perf_counter(); import eoir.cli; print(time.perf_counter() - t)",
 ]
+
+
+TEARDOWN = "Python's teardown at exit (eoir's one-pair commands skip it; not in the sum)"
+
+
+def teardown_seconds() -> float:
+    """Seconds Python's teardown adds to a process that imported ``eoir.cli``: the wall time of
+    such a process ending normally less that of one ending with ``os._exit`` (as ``eoir``'s
+    one-pair commands end, :func:`eoir.cli.run`), each timed once."""
+    walls = []
+    for code in ("import eoir.cli", "import eoir.cli, os; os._exit(0)"):
+        began = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        walls.append(time.perf_counter() - began)
+    return walls[0] - walls[1]
 
 
 def import_seconds(source: str | None = None) -> float:
@@ -120,6 +137,7 @@ def stage_phases(data: Path, repeats: int, affine: bool) -> None:
         if round_ == 1:
             times.clear()
         times.setdefault("import eoir.cli (in a new process)", []).append(import_seconds())
+        times.setdefault(TEARDOWN, []).append(teardown_seconds())
         model = timed("load the shipped model", load_model, "brain-mri", torch.device("cpu"))
         fixed = timed("read the fixed image (header)", read_image, fixed_path, "fixed image")
         moving = timed("read the moving image (header)", read_image, moving_path, "moving image")
@@ -145,7 +163,7 @@ def stage_phases(data: Path, repeats: int, affine: bool) -> None:
     print("|---|---|")
     for name, values in times.items():
         print(f"| {name} | {statistics.median(values):.3f} |")
-    total = sum(statistics.median(v) for v in times.values())
+    total = sum(statistics.median(v) for name, v in times.items() if name != TEARDOWN)
     print(f"| sum | {total:.3f} |")
 
 
@@ -204,6 +222,7 @@ def main() -> None:
         if round_ == 1:
             times.clear()  # the first round warms up
         times.setdefault("import eoir.cli (in a new process)", []).append(import_seconds())
+        times.setdefault(TEARDOWN, []).append(teardown_seconds())
         model = timed("load the shipped model", load_model, "brain-mri", torch.device("cpu"))
         fixed, moving = timed("read both images", read_both)
         timed("normalise both (also inside register)", normalise_both, fixed, moving)

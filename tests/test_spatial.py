@@ -20,6 +20,8 @@ from eoir.spatial import (
     resize_field,
     sample,
     sample_at_points,
+    store_reversed,
+    stored_reversed,
     transform_positions,
     voxel_to_world,
     warp,
@@ -320,3 +322,40 @@ def test_the_sampling_grid_without_autograd_equals_the_one_with_it(shape, dtype)
             assert torch.equal(warp(image, tracked, mode, padding).detach(), warped)
             tracked = positions.clone().requires_grad_()
             assert torch.equal(sample(image, tracked, mode, padding).detach(), sampled)
+
+
+@pytest.mark.parametrize("shape", [(9, 11), (7, 9, 10)])
+def test_a_field_stored_in_niftis_order_warps_in_that_frame_to_the_same_values(shape):
+    """A field stored first axis fastest (as total_field keeps it) is sampled in the reversed
+    frame: the ordinary frame's values (labels exactly, linear up to the rounding of the
+    interpolation weights), stored the same way; under autograd the ordinary frame is used."""
+    ndim = len(shape)
+    generator = torch.Generator().manual_seed(5)
+    image = torch.rand(1, 2, *shape, generator=generator)
+    labels = torch.randint(0, 9, (1, 1, *shape), generator=generator).float()
+    disp = torch.randn(1, ndim, *shape, generator=generator) * 2
+    stored = store_reversed(disp)
+    assert stored_reversed(stored) and not stored_reversed(disp) and torch.equal(stored, disp)
+    assert store_reversed(stored) is stored
+    positions = store_reversed(identity_grid(shape) * 0.9 + disp)
+    for name, ordinary, reversed_ in (
+        ("warp", lambda x: warp(x, disp), lambda x: warp(x, stored)),
+        ("sample", lambda x: sample(x, positions.contiguous()), lambda x: sample(x, positions)),
+    ):
+        out = reversed_(image)
+        assert stored_reversed(out), name
+        torch.testing.assert_close(out, ordinary(image), atol=1e-6, rtol=0)
+        nearest = warp(labels, stored, "nearest") if name == "warp" else None
+        if nearest is not None:
+            assert torch.equal(nearest, warp(labels, disp, "nearest"))
+    tracked = stored.clone().requires_grad_()  # a copy keeps the strides
+    assert stored_reversed(tracked)
+    assert torch.equal(warp(image, tracked).detach(), warp(image, disp))
+
+
+def test_transform_positions_keeps_niftis_order():
+    positions = store_reversed(identity_grid((5, 6, 7)) + 0.3)
+    matrix = np.array([[0.9, 0.1, 0, 2], [-0.1, 1.1, 0.2, -1], [0, 0.1, 1, 3], [0, 0, 0, 1]])
+    moved = transform_positions(matrix, positions)
+    assert stored_reversed(moved)
+    assert torch.equal(moved, transform_positions(matrix, positions.contiguous()))

@@ -665,9 +665,10 @@ def run() -> NoReturn:
     has closed and renamed every output when it returns; its process then ends at once
     (``os._exit``, after flushing stdout and stderr) instead of through Python's teardown,
     which spends about 0.5 s unloading torch: a tenth of a registration of raw scans
-    (``benchmarks/register_phases.py --native``, "exit"). Other commands (training's data
-    workers and TensorBoard files, batches under torch.distributed) exit normally, as does
-    every command under a profiler, a tracer or coverage (they write their results at exit).
+    (``benchmarks/register_phases.py --native``, "Python's teardown"). Other commands
+    (training's data workers and TensorBoard files, batches under torch.distributed) exit
+    normally, as does every command under a profiler, a tracer or coverage (they write their
+    results at exit).
     """
     parser, args = _parse(sys.argv[1:])
     code = _execute(parser, args)

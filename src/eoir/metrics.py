@@ -25,6 +25,7 @@ from eoir.options import look_up_option
 from eoir.spatial import (
     jacobian_determinant_slabs,
     sample_at_points,
+    stored_reversed,
     voxel_to_world,
     world_to_voxel,
 )
@@ -315,8 +316,14 @@ def jacobian_stats(
         raise ValueError(
             f"disp must be (ndim, *spatial) or (1, ndim, *spatial), got {tuple(np.shape(disp))}"
         )
-    stats = _DeterminantStats(tuple(d.shape[1:]))
-    for start, det in jacobian_determinant_slabs(d.unsqueeze(0), spacing, dtype):
+    field, reverse = d.unsqueeze(0), stored_reversed(d.unsqueeze(0))
+    if reverse:
+        # NIfTI's order (the first axis fastest): slabs of planes of the last axis, in the
+        # reversed frame (axes and components reversed together: the same determinants)
+        field = field.permute(0, 1, *range(field.dim() - 1, 1, -1))
+        spacing = None if spacing is None else list(spacing)[::-1]
+    stats = _DeterminantStats(tuple(field.shape[2:]))
+    for start, det in jacobian_determinant_slabs(field, spacing, dtype, reverse):
         stats.add(start, det[0])
     return stats.result()
 

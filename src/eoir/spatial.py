@@ -47,6 +47,8 @@ __all__ = [
     "sample",
     "sample_at_points",
     "solve_positions",
+    "store_reversed",
+    "stored_reversed",
     "transform_positions",
     "voxel_to_world",
     "warp",
@@ -127,16 +129,23 @@ def _normalising_scale(shape: Sequence[int]) -> list[float]:
     return [2.0 / max(n - 1, 1) for n in shape]
 
 
-def _grid_sample_grid(positions: torch.Tensor, source_shape: Sequence[int]) -> torch.Tensor:
+def _grid_sample_grid(
+    positions: torch.Tensor, source_shape: Sequence[int], reverse: bool = False
+) -> torch.Tensor:
     """Turn voxel positions ``(B, ndim, *grid)`` into grid_sample's normalised grid
-    ``(B, *grid, ndim)``, the last axis reversed to (x, y[, z]) (:func:`_normalising_scale`)."""
+    ``(B, *grid, ndim)``, the last axis reversed to (x, y[, z]) (:func:`_normalising_scale`).
+
+    With ``reverse`` (no autograd) the grid is that of the reversed frame
+    (:func:`stored_reversed`): ``(B, *grid[::-1], ndim)``, the last axis in array-axis order.
+    """
     ndim = positions.shape[1]
     factors = _normalising_scale(source_shape)
     if not (positions.requires_grad and torch.is_grad_enabled()):
         # the same two roundings as below, one component after the other (no flip copy)
-        planes = torch.empty_like(positions, memory_format=torch.contiguous_format)
+        source = positions.permute(_spatial_reversal(positions)) if reverse else positions
+        planes = torch.empty_like(source, memory_format=torch.contiguous_format)
         for k in range(ndim):
-            torch.mul(positions[:, k], factors[k], out=planes[:, ndim - 1 - k])
+            torch.mul(source[:, k], factors[k], out=planes[:, k if reverse else ndim - 1 - k])
         return planes.sub_(1.0).movedim(1, -1)
     scale = torch.tensor(factors, device=positions.device, dtype=positions.dtype)
     scale = scale.view(1, ndim, *([1] * (positions.dim() - 2)))
@@ -144,21 +153,55 @@ def _grid_sample_grid(positions: torch.Tensor, source_shape: Sequence[int]) -> t
 
 
 def _planar_grid(
-    values: torch.Tensor, factors: Sequence[float], offsets: Sequence[torch.Tensor]
+    values: torch.Tensor,
+    factors: Sequence[float],
+    offsets: Sequence[torch.Tensor],
+    reverse: bool = False,
 ) -> torch.Tensor:
     """grid_sample's grid ``(B, *grid, ndim)`` whose component ``ndim - 1 - k`` is
     ``offsets[k] + factors[k] * values[:, k]`` (an offset broadcasting against ``(B, *grid)``;
-    rounded as ``torch.addcmul``), made in one pass without autograd.
+    rounded as ``torch.addcmul``), made in one pass without autograd; with ``reverse``, the
+    reversed frame's grid ``(B, *grid[::-1], ndim)``, component ``k`` that sum.
 
     The components are stored one after the other (the last axis is a view across them):
     grid_sample reads such a grid as fast as an interleaved one, and the reversed order costs
     no copy (``flip`` copies a tensor; ``benchmarks/kernel_swaps.py``).
     """
     ndim = values.shape[1]
+    if reverse:
+        values = values.permute(_spatial_reversal(values))
+        offsets = [o.permute(*range(o.dim() - 1, -1, -1)) for o in offsets]
     planes = torch.empty_like(values, memory_format=torch.contiguous_format)
     for k in range(ndim):
-        torch.add(offsets[k], values[:, k], alpha=factors[k], out=planes[:, ndim - 1 - k])
+        target = planes[:, k if reverse else ndim - 1 - k]
+        torch.add(offsets[k], values[:, k], alpha=factors[k], out=target)
     return planes.movedim(1, -1)
+
+
+def _spatial_reversal(t: torch.Tensor) -> tuple[int, ...]:
+    """The permutation of ``(B, C, *spatial)`` that reverses the spatial axes."""
+    return (0, 1, *range(t.dim() - 1, 1, -1))
+
+
+def stored_reversed(t: torch.Tensor) -> bool:
+    """Whether ``t`` ``(B, C, *spatial)`` stores its spatial axes last to first: NIfTI's order,
+    the first axis varying fastest (and not also first to last, as a single voxel does).
+
+    A field on a NIfTI image's grid kept so (:func:`eoir.registration.resample.total_field`)
+    is warped in that reversed frame (:func:`warp`, :func:`sample`): reading a NIfTI image in
+    its own order and writing a result NIfTI writes without reordering it, to the values of
+    the ordinary frame up to float rounding in the interpolation weights.
+    """
+    return t.dim() > 3 and not t.is_contiguous() and t.permute(_spatial_reversal(t)).is_contiguous()
+
+
+def store_reversed(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``(B, C, *spatial)`` with its spatial axes stored last to first
+    (:func:`stored_reversed`): the same values, a copy unless it is stored so."""
+    if t.dim() <= 3 or stored_reversed(t):
+        return t
+    order = _spatial_reversal(t)
+    return t.permute(order).contiguous().permute(order)
 
 
 def _working_dtype(image: torch.Tensor) -> torch.dtype:
@@ -203,9 +246,20 @@ def _grid_sample(image: torch.Tensor, grid: torch.Tensor, mode: str, padding: st
 
 
 def _sample(image: torch.Tensor, positions: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
-    """:func:`sample` without checks."""
-    grid = _grid_sample_grid(positions.to(_working_dtype(image)), image.shape[2:])
-    return _grid_sample(image, grid, mode, padding)
+    """:func:`sample` without checks (in the reversed frame for positions stored so, without
+    autograd: :func:`stored_reversed`)."""
+    positions = positions.to(_working_dtype(image))
+    if _in_reversed_frame(positions):
+        order = _spatial_reversal(image)
+        grid = _grid_sample_grid(positions, image.shape[2:], reverse=True)
+        return _grid_sample(image.permute(order), grid, mode, padding).permute(order)
+    return _grid_sample(image, _grid_sample_grid(positions, image.shape[2:]), mode, padding)
+
+
+def _in_reversed_frame(field: torch.Tensor) -> bool:
+    """Whether to sample at ``field``'s points in the reversed frame: it is stored so and needs
+    no autograd."""
+    return not (field.requires_grad and torch.is_grad_enabled()) and stored_reversed(field)
 
 
 @functools.lru_cache(maxsize=32)
@@ -242,7 +296,12 @@ def _resample(image: torch.Tensor, disp: torch.Tensor, mode: str, padding: str) 
             )
             for k, (n, f) in enumerate(zip(shape, factors, strict=True))
         ]
-        return _grid_sample(image, _planar_grid(disp.to(dtype), factors, ramps), mode, padding)
+        disp = disp.to(dtype)
+        if stored_reversed(disp):
+            order = _spatial_reversal(image)
+            grid = _planar_grid(disp, factors, ramps, reverse=True)
+            return _grid_sample(image.permute(order), grid, mode, padding).permute(order)
+        return _grid_sample(image, _planar_grid(disp, factors, ramps), mode, padding)
     base, scale = _normalised_identity(tuple(disp.shape[2:]), disp.device, dtype)
     grid = torch.addcmul(base, disp.to(dtype).movedim(1, -1).flip(-1), scale)
     return _grid_sample(image, grid, mode, padding)
@@ -308,6 +367,10 @@ def transform_positions(matrix: np.ndarray | torch.Tensor, positions: torch.Tens
     if not np.any(linear - np.diag(np.diag(linear))):  # axis-aligned: a scale and a shift
         scale = torch.diagonal(m[:ndim, :ndim]).view(1, ndim, *([1] * ndim))
         return torch.addcmul(shift, positions, scale)
+    if stored_reversed(positions):  # the same products per point, in the stored order
+        order = _spatial_reversal(positions)
+        moved = torch.einsum("ij,bj...->bi...", m[:ndim, :ndim], positions.permute(order))
+        return (moved + shift).permute(order)
     return torch.einsum("ij,bj...->bi...", m[:ndim, :ndim], positions) + shift
 
 
@@ -667,7 +730,10 @@ def jacobian_determinant(
 
 
 def jacobian_determinant_slabs(
-    disp: torch.Tensor, spacing: Sequence[float] | None = None, dtype: torch.dtype | None = None
+    disp: torch.Tensor,
+    spacing: Sequence[float] | None = None,
+    dtype: torch.dtype | None = None,
+    components_reversed: bool = False,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """:func:`jacobian_determinant` slab by slab along the first spatial axis, in order.
 
@@ -677,6 +743,9 @@ def jacobian_determinant_slabs(
 
     ``dtype`` (default: the field's) is the arithmetic's: each slab is converted on its own
     (e.g. a float32 field, float64 determinants, without a float64 copy of the field).
+    ``components_reversed``: channel ``k`` is the displacement along spatial axis
+    ``ndim - 1 - k`` (a field stored in NIfTI's order seen with its axes reversed, its
+    components not: the same determinants without reordering them).
 
     Yields
     ------
@@ -699,7 +768,8 @@ def jacobian_determinant_slabs(
                 disp[:, :, low:high].to(dtype or disp.dtype), spacing=steps, dim=dims
             )
         ]
-        jac = [[grads[j][:, i] for j in range(ndim)] for i in range(ndim)]
+        component = [ndim - 1 - i for i in range(ndim)] if components_reversed else range(ndim)
+        jac = [[grads[j][:, c] for j in range(ndim)] for c in component]
         for i in range(ndim):
             jac[i][i] = jac[i][i] + 1.0
         yield start, _determinant(jac)

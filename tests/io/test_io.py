@@ -26,7 +26,7 @@ from eoir.io import (
 )
 from eoir.io.gzip_stream import GzipStream
 from eoir.registration.resample import moving_positions, to_fixed_grid, total_field, warp_image
-from eoir.spatial import field_to_world
+from eoir.spatial import field_to_world, store_reversed, stored_reversed
 from helpers import blob_volume, oblique_affine, smooth_field
 
 
@@ -341,6 +341,7 @@ def test_total_field_of_a_coarse_field_is_the_upsampled_field_folded(with_world,
     got = total_field(fixed, coarse, world)
     assert got.shape == (1, ndim, *shape) and got.dtype == torch.float32
     torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+    assert stored_reversed(got)  # in NIfTI's order: warped and written as stored
     # a field on the fixed grid itself is not changed in place
     full = resize_field(coarse, shape)
     before = full.clone()
@@ -380,3 +381,32 @@ def test_a_fortran_ordered_image_is_sampled_in_its_own_layout(geometry):
     array = np.asfortranarray(blob_volume(fixed.shape, seed=3))
     want = warp_image(Image(np.ascontiguousarray(array), fixed.affine), fixed, disp)
     assert np.array_equal(warp_image(Image(array, fixed.affine), fixed, disp), want)
+
+
+def test_warps_of_a_field_in_niftis_order_are_written_as_stored(geometry, tmp_path):
+    """total_field keeps NIfTI's order: the warped image, labels and the folding statistics equal
+    the ordinary frame's (the image up to rounding to its integer type), the warps are
+    Fortran-ordered (written without a reordering copy)."""
+    from eoir.metrics import jacobian_stats
+    from eoir.registration.result import RegistrationResult
+
+    fixed, moving = geometry
+    moving = Image(np.asfortranarray(np.round(moving.array * 1000).astype(np.int16)), moving.affine)
+    labels = Image(np.asfortranarray((moving.array > 500).astype(np.int16) * 7), moving.affine)
+    disp = smooth_field(fixed.shape, 2.0)
+    warps = {}
+    for name, field in (("ordinary", disp), ("stored", store_reversed(disp))):
+        result = RegistrationResult(fixed, moving, field)
+        warps[name] = (result.warped(), result.warp_labels(labels))
+    assert all(a.flags.f_contiguous for a in warps["stored"])
+    assert np.abs(warps["stored"][0].astype(int) - warps["ordinary"][0]).max() <= 1
+    assert np.array_equal(warps["stored"][1], warps["ordinary"][1])
+    for dtype in (torch.float32, torch.float64):
+        a, b = jacobian_stats(disp, dtype=dtype), jacobian_stats(store_reversed(disp), dtype=dtype)
+        assert a["folding_percent"] == b["folding_percent"]
+        assert abs(a["sdlogj"] - b["sdlogj"]) < 1e-6
+    # the same grid (the field's own warp) too
+    same = Image(np.asfortranarray(blob_volume(fixed.shape, seed=2)), fixed.affine)
+    want = RegistrationResult(fixed, same, disp).warped()
+    got = RegistrationResult(fixed, same, store_reversed(disp)).warped()
+    assert got.flags.f_contiguous and np.abs(got - want).max() < 1e-3

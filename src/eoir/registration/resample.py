@@ -26,6 +26,8 @@ from eoir.spatial import (
     resize_field,
     resize_scale,
     sample,
+    store_reversed,
+    stored_reversed,
     transform_positions,
     warp,
 )
@@ -69,7 +71,7 @@ def moving_positions(
     device = disp.device if disp is not None else torch.device("cpu")
     positions = identity_grid(fixed.shape, device, dtype)
     if disp is not None:
-        positions = positions + disp.to(dtype)
+        positions = torch.add(disp.to(dtype), positions)  # stored as disp is (stored_reversed)
     return transform_positions(_matrix(fixed, moving_affine, world), positions)
 
 
@@ -126,15 +128,20 @@ def to_fixed_grid(
     device = disp.device if disp is not None else torch.device("cpu")
     if not (array.flags.c_contiguous or array.flags.f_contiguous):
         array = np.ascontiguousarray(array)
-    # A NIfTI volume is Fortran-ordered. grid_sample reads any strides (the same values), but
-    # gathers in the fixed grid's C order read such memory far apart: for as many samples as
-    # voxels (a warp onto a grid like its own) it is reordered once, with the float conversion;
-    # for few (the network's working grid) it is read in its own layout, without a copy
+    # A NIfTI volume is stored first axis fastest (Fortran order). grid_sample reads any
+    # strides (the same values), but gathers read memory far apart when the output is visited
+    # in another order than the image is stored: for as many samples as voxels (a warp onto a
+    # grid like its own) the image is stored as the field is (total_field keeps NIfTI's order;
+    # the warp then runs in that frame, stored_reversed), reordered with the float conversion
+    # if it is not; for few (the network's working grid) it is read as it is, without a copy
     # (benchmarks/kernel_swaps.py --only reading)
-    many = math.prod(fixed.shape) * 2 >= array.size
-    layout = torch.contiguous_format if many else torch.preserve_format
-    image = torch.from_numpy(array).to(device=device, dtype=dtype, memory_format=layout)
-    image = image[None, None]
+    image = torch.from_numpy(array).to(device=device, dtype=dtype)[None, None]
+    if math.prod(fixed.shape) * 2 >= array.size and image.dim() > 3:
+        field = positions if positions is not None else disp
+        if field is not None and stored_reversed(field):
+            image = store_reversed(image)
+        else:
+            image = image.contiguous()
     if positions is None and world is None and moving.same_grid(fixed):
         if disp is None:
             return image
@@ -226,7 +233,13 @@ def total_field(
             out = disp.to(torch.float32, copy=tuple(disp.shape[2:]) == shape)
         else:
             out = torch.einsum("ij,bj...->bi...", matrix.to(device, torch.float32), disp.float())
-        out = resize_field(out, shape, magnitude_scale=[1.0] * ndim)  # lengths mapped above
+        if tuple(out.shape[2:]) != shape:
+            # resized in NIfTI's order (the first axis fastest, stored_reversed): the warps of
+            # the images then read them in their own order and the outputs are written as
+            # they are stored (benchmarks/kernel_swaps.py --only reading)
+            order = (0, 1, *range(ndim + 1, 1, -1))
+            out = resize_field(out.permute(order), shape[::-1], magnitude_scale=[1.0] * ndim)
+            out = out.permute(order)
     if full is None:  # A_f^-1 A_f (p + disp) - p
         return out
     # + (M - I) p + t, M and t the voxel matrix: per component a sum of one ramp per axis,
