@@ -136,7 +136,7 @@ def to_fixed_grid(
     # if it is not; for few (the network's working grid) it is read as it is, without a copy
     # (benchmarks/kernel_swaps.py --only reading)
     image = torch.from_numpy(array).to(device=device, dtype=dtype)[None, None]
-    if math.prod(fixed.shape) * 2 >= array.size and image.dim() > 3:
+    if math.prod(fixed.shape) * 2 >= array.size:
         field = positions if positions is not None else disp
         if field is not None and stored_reversed(field):
             image = store_reversed(image)
