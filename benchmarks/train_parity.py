@@ -13,6 +13,9 @@ Usage::
     python benchmarks/train_parity.py --before /tmp/before/src            # cpu-brain, ~16 min
     python benchmarks/train_parity.py --before /tmp/before/src --recipe cpu-brain --steps 200
 
+Two settings of one tree: ``--before src --set-before OVERRIDE`` (e.g. ``train.amp=false``:
+float32 against the default bf16 autocast on a CPU with native bf16).
+
 Skips with a reason when the shared data is absent.
 """
 
@@ -33,6 +36,9 @@ def main() -> None:
     parser.add_argument("--before", required=True, help="a previous tree's src")
     parser.add_argument("--recipe", default="cpu-brain")
     parser.add_argument("--steps", type=int, help="stop after this many steps (the recipe's)")
+    parser.add_argument(
+        "--set-before", action="append", default=[], help="a config override of the before run"
+    )
     args = parser.parse_args()
     if not (DATA / "dataset.json").exists():
         print(f"skipped: {DATA} is absent (the shared OASIS-TRT-20 set)")
@@ -43,10 +49,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for code, src in (("before", args.before), ("this tree", None)):
             options = ["--max-steps", str(args.steps)] if args.steps else []
+            if code == "before":
+                options += [a for item in args.set_before for a in ("--set", item)]
             out = Path(tmp) / code.replace(" ", "-")
             runs[code] = train_rows(args.recipe, src, out, *options)
     print(f"eoir train --recipe {args.recipe} on OASIS-TRT-20 (validation: its 6 pairs' Dice); "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; before: "
+          f"{args.before} {' '.join(args.set_before)}")  # fmt: skip
     steps = sorted({int(r["step"]) for rows in runs.values() for r in rows if r.get("val")})
     print(
         "| code | "
