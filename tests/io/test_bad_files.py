@@ -264,3 +264,28 @@ def test_a_checkpoint_that_is_a_plain_pickle_gives_one_line(good, capfd):
     assert result.returncode == 2 and "raw.pt" in result.stderr
     assert result.stderr.count("\n") == 1
     assert "Warning" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("where", [12, 30, 60, "middle"])
+def test_damaged_compressed_images_and_fields_give_one_line(good, where):
+    """Flipped bytes inside a .nii.gz's deflate stream (the header's or the voxels'), in an
+    image and in a field: one line naming the file, exit code 2, no output."""
+    for name, flag in (("field.nii.gz", "--field"), ("good.nii.gz", "--moving")):
+        raw = bytearray((good / name).read_bytes())
+        start = len(raw) // 2 if where == "middle" else where
+        assert start + 20 <= len(raw) - 8  # inside the deflate stream, before the trailer
+        for i in range(start, start + 20):
+            raw[i] ^= 0xA5
+        damaged = good / f"damaged-{name}"
+        damaged.write_bytes(bytes(raw))
+        inputs = {"--field": good / "field.nii.gz", "--moving": good / "good.nii"}
+        inputs[flag] = damaged
+        out = good / "out.nii.gz"
+        result = subprocess.run(
+            [sys.executable, "-m", "eoir", "apply", "--field", inputs["--field"],
+             "--moving", inputs["--moving"], "--out", out],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and str(damaged) in result.stderr
+        assert not out.exists()

@@ -17,6 +17,7 @@ Fields are written by :meth:`eoir.io.OutputSet.write_field`.
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -157,6 +158,7 @@ def read_field(path: str | os.PathLike) -> tuple[torch.Tensor, Image]:
         ValueError,
         EOFError,
         nib.filebasedimages.ImageFileError,
+        zlib.error,  # nibabel's header read of a damaged .nii.gz
         isal_zlib.error,
     ) as err:
         raise InputError(f"{p}: cannot read field ({reason(err)})") from None
