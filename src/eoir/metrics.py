@@ -24,6 +24,7 @@ import torch
 from eoir.options import look_up_option
 from eoir.spatial import (
     jacobian_determinant_slabs,
+    reverse_axes,
     sample_at_points,
     stored_reversed,
     voxel_to_world,
@@ -320,7 +321,7 @@ def jacobian_stats(
     if reverse:
         # NIfTI's order (the first axis fastest): slabs of planes of the last axis, in the
         # reversed frame (axes and components reversed together: the same determinants)
-        field = field.permute(0, 1, *range(field.dim() - 1, 1, -1))
+        field = reverse_axes(field)
         spacing = None if spacing is None else list(spacing)[::-1]
     stats = _DeterminantStats(tuple(field.shape[2:]))
     for start, det in jacobian_determinant_slabs(field, spacing, dtype, reverse):

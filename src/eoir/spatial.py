@@ -44,6 +44,7 @@ __all__ = [
     "pad_to_multiple",
     "resize_field",
     "resize_scale",
+    "reverse_axes",
     "sample",
     "sample_at_points",
     "solve_positions",
@@ -142,7 +143,7 @@ def _grid_sample_grid(
     factors = _normalising_scale(source_shape)
     if not (positions.requires_grad and torch.is_grad_enabled()):
         # the same two roundings as below, one component after the other (no flip copy)
-        source = positions.permute(_spatial_reversal(positions)) if reverse else positions
+        source = reverse_axes(positions) if reverse else positions
         planes = torch.empty_like(source, memory_format=torch.contiguous_format)
         for k in range(ndim):
             torch.mul(source[:, k], factors[k], out=planes[:, k if reverse else ndim - 1 - k])
@@ -169,7 +170,7 @@ def _planar_grid(
     """
     ndim = values.shape[1]
     if reverse:
-        values = values.permute(_spatial_reversal(values))
+        values = reverse_axes(values)
         offsets = [o.permute(*range(o.dim() - 1, -1, -1)) for o in offsets]
     planes = torch.empty_like(values, memory_format=torch.contiguous_format)
     for k in range(ndim):
@@ -178,9 +179,10 @@ def _planar_grid(
     return planes.movedim(1, -1)
 
 
-def _spatial_reversal(t: torch.Tensor) -> tuple[int, ...]:
-    """The permutation of ``(B, C, *spatial)`` that reverses the spatial axes."""
-    return (0, 1, *range(t.dim() - 1, 1, -1))
+def reverse_axes(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``(B, C, *spatial)`` seen with its spatial axes in reverse order (a view; its own
+    inverse): a tensor stored in NIfTI's order (:func:`stored_reversed`) is contiguous so."""
+    return t.permute(0, 1, *range(t.dim() - 1, 1, -1))
 
 
 def stored_reversed(t: torch.Tensor) -> bool:
@@ -192,7 +194,7 @@ def stored_reversed(t: torch.Tensor) -> bool:
     its own order and writing a result NIfTI writes without reordering it, to the values of
     the ordinary frame up to float rounding in the interpolation weights.
     """
-    return t.dim() > 3 and not t.is_contiguous() and t.permute(_spatial_reversal(t)).is_contiguous()
+    return t.dim() > 3 and not t.is_contiguous() and reverse_axes(t).is_contiguous()
 
 
 def store_reversed(t: torch.Tensor) -> torch.Tensor:
@@ -200,8 +202,7 @@ def store_reversed(t: torch.Tensor) -> torch.Tensor:
     (:func:`stored_reversed`): the same values, a copy unless it is stored so."""
     if t.dim() <= 3 or stored_reversed(t):
         return t
-    order = _spatial_reversal(t)
-    return t.permute(order).contiguous().permute(order)
+    return reverse_axes(reverse_axes(t).contiguous())
 
 
 def _working_dtype(image: torch.Tensor) -> torch.dtype:
@@ -250,9 +251,8 @@ def _sample(image: torch.Tensor, positions: torch.Tensor, mode: str, padding: st
     autograd: :func:`stored_reversed`)."""
     positions = positions.to(_working_dtype(image))
     if _in_reversed_frame(positions):
-        order = _spatial_reversal(image)
         grid = _grid_sample_grid(positions, image.shape[2:], reverse=True)
-        return _grid_sample(image.permute(order), grid, mode, padding).permute(order)
+        return reverse_axes(_grid_sample(reverse_axes(image), grid, mode, padding))
     return _grid_sample(image, _grid_sample_grid(positions, image.shape[2:]), mode, padding)
 
 
@@ -298,9 +298,8 @@ def _resample(image: torch.Tensor, disp: torch.Tensor, mode: str, padding: str) 
         ]
         disp = disp.to(dtype)
         if stored_reversed(disp):
-            order = _spatial_reversal(image)
             grid = _planar_grid(disp, factors, ramps, reverse=True)
-            return _grid_sample(image.permute(order), grid, mode, padding).permute(order)
+            return reverse_axes(_grid_sample(reverse_axes(image), grid, mode, padding))
         return _grid_sample(image, _planar_grid(disp, factors, ramps), mode, padding)
     base, scale = _normalised_identity(tuple(disp.shape[2:]), disp.device, dtype)
     grid = torch.addcmul(base, disp.to(dtype).movedim(1, -1).flip(-1), scale)
@@ -368,9 +367,8 @@ def transform_positions(matrix: np.ndarray | torch.Tensor, positions: torch.Tens
         scale = torch.diagonal(m[:ndim, :ndim]).view(1, ndim, *([1] * ndim))
         return torch.addcmul(shift, positions, scale)
     if stored_reversed(positions):  # the same products per point, in the stored order
-        order = _spatial_reversal(positions)
-        moved = torch.einsum("ij,bj...->bi...", m[:ndim, :ndim], positions.permute(order))
-        return (moved + shift).permute(order)
+        moved = torch.einsum("ij,bj...->bi...", m[:ndim, :ndim], reverse_axes(positions))
+        return reverse_axes(moved + shift)
     return torch.einsum("ij,bj...->bi...", m[:ndim, :ndim], positions) + shift
 
 

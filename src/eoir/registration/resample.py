@@ -25,6 +25,7 @@ from eoir.spatial import (
     identity_grid,
     resize_field,
     resize_scale,
+    reverse_axes,
     sample,
     store_reversed,
     stored_reversed,
@@ -237,9 +238,8 @@ def total_field(
             # resized in NIfTI's order (the first axis fastest, stored_reversed): the warps of
             # the images then read them in their own order and the outputs are written as
             # they are stored (benchmarks/kernel_swaps.py --only reading)
-            order = (0, 1, *range(ndim + 1, 1, -1))
-            out = resize_field(out.permute(order), shape[::-1], magnitude_scale=[1.0] * ndim)
-            out = out.permute(order)
+            out = resize_field(reverse_axes(out), shape[::-1], magnitude_scale=[1.0] * ndim)
+            out = reverse_axes(out)
     if full is None:  # A_f^-1 A_f (p + disp) - p
         return out
     # + (M - I) p + t, M and t the voxel matrix: per component a sum of one ramp per axis,
